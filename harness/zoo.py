@@ -1,0 +1,354 @@
+"""Tiny, deterministic MoE checkpoints of every seed family, built offline.
+
+Each zoo model keeps the *structure* of its seed model (shared experts, first dense
+layers, sigmoid + correction-bias routing, expert groups, scaling factor) at a size
+that loads in seconds on a CPU, and is served by vLLM's CPU build. Weights are drawn
+from a fixed seed, then the routers are reshaped so that expert usage is clearly
+uneven: random initialisation routes almost uniformly, which would let broken
+calibration or pruning code pass.
+
+    python -m harness.zoo build DIR [--family F ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.tokenizer import build_tokenizer
+
+SEED = 1234
+
+# Sizes shared by every family. head_dim must be 64: vLLM's CPU attention refuses 16.
+_COMMON: dict[str, Any] = dict(
+    vocab_size=1024,
+    hidden_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+    rms_norm_eps=1e-6,
+)
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """One tiny model: its transformers model_type and the config that mirrors the seed."""
+
+    name: str
+    model_type: str
+    seed_model: str
+    config: dict[str, Any] = field(default_factory=dict)
+    # Spread of the selection-only correction bias (None: the family has none).
+    correction_bias_std: float | None = None
+
+
+ZOO: dict[str, ZooSpec] = {
+    spec.name: spec
+    for spec in [
+        ZooSpec(
+            "qwen3_moe",
+            "qwen3_moe",
+            "Qwen3-30B-A3B / Qwen3-Coder-480B-A35B",
+            dict(
+                head_dim=64,
+                intermediate_size=256,
+                moe_intermediate_size=64,
+                num_experts=8,
+                num_experts_per_tok=2,
+                norm_topk_prob=True,
+            ),
+        ),
+        ZooSpec(
+            "mixtral",
+            "mixtral",
+            "Mixtral-8x7B-Instruct-v0.1",
+            dict(head_dim=64, intermediate_size=64, num_local_experts=8, num_experts_per_tok=2),
+        ),
+        ZooSpec(
+            "ernie4_5_moe",
+            "ernie4_5_moe",
+            "ERNIE-4.5-21B-A3B",
+            dict(
+                intermediate_size=256,
+                moe_intermediate_size=64,
+                moe_num_experts=8,
+                moe_k=2,
+                moe_num_shared_experts=1,
+                moe_layer_start_index=1,
+                use_bias=False,
+            ),
+            correction_bias_std=0.05,
+        ),
+        ZooSpec(
+            "glm4_moe",
+            "glm4_moe",
+            "GLM-4.5-Air",
+            dict(
+                head_dim=64,
+                intermediate_size=256,
+                moe_intermediate_size=64,
+                n_routed_experts=8,
+                num_experts_per_tok=2,
+                n_shared_experts=1,
+                first_k_dense_replace=1,
+                routed_scaling_factor=2.5,
+                norm_topk_prob=True,
+                n_group=1,
+                topk_group=1,
+                partial_rotary_factor=0.5,
+            ),
+            correction_bias_std=0.3,
+        ),
+        ZooSpec(
+            "glm4_moe_grouped",
+            "glm4_moe",
+            "GLM-4.5-Air with group-limited routing (n_group > 1, topk_group < n_group)",
+            dict(
+                head_dim=64,
+                intermediate_size=256,
+                moe_intermediate_size=64,
+                n_routed_experts=16,
+                num_experts_per_tok=4,
+                n_shared_experts=1,
+                first_k_dense_replace=1,
+                routed_scaling_factor=2.5,
+                norm_topk_prob=True,
+                n_group=4,
+                topk_group=2,
+                partial_rotary_factor=0.5,
+            ),
+            correction_bias_std=0.3,
+        ),
+        ZooSpec(
+            "deepseek_v3",
+            "deepseek_v3",
+            "Kimi-K2-Instruct",
+            dict(
+                intermediate_size=256,
+                moe_intermediate_size=64,
+                n_routed_experts=8,
+                num_experts_per_tok=2,
+                n_shared_experts=1,
+                first_k_dense_replace=1,
+                routed_scaling_factor=2.827,
+                norm_topk_prob=True,
+                n_group=1,
+                topk_group=1,
+                num_key_value_heads=2,  # MLA: one latent per head
+                # vLLM's CPU MLA kernel only handles DeepSeek's latent size:
+                # kv_lora_rank 512 + rope 64 = 576.
+                kv_lora_rank=512,
+                q_lora_rank=None,
+                qk_rope_head_dim=64,
+                qk_nope_head_dim=64,
+                v_head_dim=64,
+                # As in Kimi-K2's config.json: vLLM builds the correction bias only
+                # for noaux_tc routing, and transformers ignores these keys.
+                topk_method="noaux_tc",
+                scoring_func="sigmoid",
+                moe_layer_freq=1,
+            ),
+            correction_bias_std=0.3,
+        ),
+        ZooSpec(
+            "llama4_text",
+            "llama4_text",
+            "Llama-4-Scout-17B-16E-Instruct",
+            dict(
+                head_dim=64,
+                intermediate_size=64,
+                intermediate_size_mlp=256,
+                num_local_experts=8,
+                num_experts_per_tok=1,
+                interleave_moe_layer_step=1,
+                attention_chunk_size=8192,
+            ),
+        ),
+    ]
+}
+
+
+def _make_config(spec: ZooSpec, special: dict[str, int]):
+    from transformers import AutoConfig
+
+    kwargs = {**_COMMON, **spec.config}
+    kwargs.update(
+        bos_token_id=special["bos"], eos_token_id=special["eos"], pad_token_id=special["pad"]
+    )
+    config = AutoConfig.for_model(spec.model_type, **kwargs)
+    config.architectures = [_ARCHITECTURES[spec.model_type]]
+    return config
+
+
+_ARCHITECTURES = {
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "ernie4_5_moe": "Ernie4_5_MoeForCausalLM",
+    "glm4_moe": "Glm4MoeForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
+    "llama4_text": "Llama4ForCausalLM",
+}
+
+# transformers 5.x writes some config keys under its own canonical names; the seed
+# checkpoints on the hub use these, and so must the zoo (tools key off them).
+_HUB_CONFIG_KEYS = {"qwen3_moe": {"num_local_experts": "num_experts"}}
+
+_ROUTER_SUFFIXES = (".mlp.gate.weight", ".feed_forward.router.weight")
+
+
+def _shape_routing(model, spec: ZooSpec, generator) -> None:
+    """Make expert usage uneven and expert-specific.
+
+    Two levers, both deterministic from the seed:
+    * one embedding channel is set to a constant, so the residual stream carries a
+      steady feature; the router column reading it acts as a per-expert popularity
+      bias (qwen3 and mixtral routers have no bias of their own);
+    * router rows get different norms, so some experts have sharper preferences.
+    Families with a selection-only correction bias also get a spread-out bias, so that
+    routing computed without it (softmax/sigmoid + top-k of logits) picks other experts.
+    """
+    import torch
+
+    hidden = model.config.hidden_size
+    emb = model.get_input_embeddings().weight
+    with torch.no_grad():
+        # Unit-scale embeddings keep the constant channel one feature among many after
+        # RMSNorm instead of the whole normalised vector.
+        emb.copy_(torch.randn(emb.shape, generator=generator))
+        emb[:, 0] = 1.0
+        for name, param in model.named_parameters():
+            if not name.endswith(_ROUTER_SUFFIXES):
+                continue
+            n_experts = param.shape[0]
+            base = torch.randn(n_experts, hidden, generator=generator) / math.sqrt(hidden)
+            row_scale = torch.exp(0.5 * torch.randn(n_experts, 1, generator=generator))
+            base = base * row_scale * 2.0
+            base[:, 0] = 0.4 * torch.randn(n_experts, generator=generator)
+            param.copy_(base.to(param.dtype))
+        if spec.correction_bias_std is not None:
+            for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+                if name.endswith("e_score_correction_bias"):
+                    bias = torch.randn(tensor.shape, generator=generator) * spec.correction_bias_std
+                    tensor.copy_(bias.to(tensor.dtype))
+
+
+def _ensure_saved_tensors(model, out_dir: Path) -> list[str]:
+    """Add routing tensors that `save_pretrained` dropped (deepseek_v3's correction bias).
+
+    vLLM refuses a deepseek_v3 checkpoint without `e_score_correction_bias`, and the
+    real Kimi-K2 checkpoint has it, so the zoo copy must too.
+    """
+    from safetensors.torch import load_file, save_file
+
+    shard = out_dir / "model.safetensors"
+    tensors = load_file(shard)
+    # Hub names can differ from in-memory names (ERNIE keeps the bias under
+    # `mlp.moe_statics`), so a layer counts as covered if any of its keys holds it.
+    covered = {key.split(".mlp.")[0] for key in tensors if key.endswith("e_score_correction_bias")}
+    added = []
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if name.endswith("e_score_correction_bias") and name.split(".mlp.")[0] not in covered:
+            tensors[name] = tensor.detach().clone().contiguous()
+            added.append(name)
+    if added:
+        save_file(tensors, shard, metadata={"format": "pt"})
+    return added
+
+
+def _use_hub_config_keys(out_dir: Path, model_type: str) -> None:
+    renames = _HUB_CONFIG_KEYS.get(model_type)
+    if not renames:
+        return
+    path = out_dir / "config.json"
+    config = json.loads(path.read_text())
+    for ours, hub in renames.items():
+        if ours in config:
+            config[hub] = config.pop(ours)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def build_model(name: str, out_dir: str | Path, seed: int = SEED) -> Path:
+    """Write zoo model `name` (config, safetensors, tokenizer, chat template) to out_dir."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    if name not in ZOO:
+        raise KeyError(f"unknown zoo family {name!r}; known: {', '.join(ZOO)}")
+    spec = ZOO[name]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    special = {
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "pad": tokenizer.pad_token_id,
+    }
+    config = _make_config(spec, special)
+    # Per-family seed, so families with the same shapes do not get identical weights.
+    family_seed = seed + int(hashlib.sha256(name.encode()).hexdigest()[:6], 16)
+    torch.manual_seed(family_seed)
+    generator = torch.Generator().manual_seed(family_seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    _shape_routing(model, spec, generator)
+    model.eval()
+    model.save_pretrained(out)
+    _ensure_saved_tensors(model, out)
+    _use_hub_config_keys(out, spec.model_type)
+    tokenizer.save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=special["bos"],
+        eos_token_id=[special["eos"], tokenizer.convert_tokens_to_ids("<|im_end|>")],
+        pad_token_id=special["pad"],
+        do_sample=False,
+    ).save_pretrained(out)
+    (out / "zoo.json").write_text(
+        json.dumps({"family": name, "seed_model": spec.seed_model, "seed": seed}, indent=2)
+    )
+    return out
+
+
+def build_zoo(root: str | Path, families: list[str] | None = None, seed: int = SEED) -> dict[str, Path]:
+    """Build several zoo models under root/<family>; returns their directories."""
+    names = families or list(ZOO)
+    return {name: build_model(name, Path(root) / name, seed=seed) for name in names}
+
+
+def checkpoint_digest(model_dir: str | Path) -> str:
+    """sha256 over the checkpoint's tensor files, to check determinism."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.zoo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="write tiny models of the seed families")
+    build.add_argument("dir", help="output directory; each family goes to DIR/<family>")
+    build.add_argument("--family", action="append", choices=list(ZOO),
+                       help="family to build (repeatable; default: all)")
+    build.add_argument("--seed", type=int, default=SEED)
+    sub.add_parser("list", help="list the zoo families")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for spec in ZOO.values():
+            print(f"{spec.name:18s} {spec.model_type:14s} {spec.seed_model}")
+        return 0
+    for name in args.family or list(ZOO):
+        path = build_model(name, Path(args.dir) / name, seed=args.seed)
+        print(f"built {name:18s} -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
