@@ -27,7 +27,6 @@ SEED = 1234
 
 # Sizes shared by every family. head_dim must be 64: vLLM's CPU attention refuses 16.
 _COMMON: dict[str, Any] = dict(
-    vocab_size=1024,
     hidden_size=128,
     num_hidden_layers=3,
     num_attention_heads=2,
@@ -181,6 +180,7 @@ def _make_config(spec: ZooSpec, special: dict[str, int]):
 
     kwargs = {**_COMMON, **spec.config}
     kwargs.update(
+        vocab_size=special["vocab_size"],
         bos_token_id=special["bos"], eos_token_id=special["eos"], pad_token_id=special["pad"]
     )
     config = AutoConfig.for_model(spec.model_type, **kwargs)
@@ -290,6 +290,8 @@ def build_model(name: str, out_dir: str | Path, seed: int = SEED) -> Path:
         "bos": tokenizer.bos_token_id,
         "eos": tokenizer.eos_token_id,
         "pad": tokenizer.pad_token_id,
+        # Exactly the tokenizer's size: ids it cannot decode would be generated otherwise.
+        "vocab_size": len(tokenizer),
     }
     config = _make_config(spec, special)
     # Per-family seed, so families with the same shapes do not get identical weights.

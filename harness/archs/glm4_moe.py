@@ -1,0 +1,11 @@
+"""GLM-4.5: sigmoid scores, correction bias for selection, group-limited top-k,
+renormalisation and `routed_scaling_factor`; one shared expert; first layers dense."""
+
+from harness.archs.base import MoEArch
+
+
+class Glm4MoeArch(MoEArch):
+    model_type = "glm4_moe"
+    expert_count_key = "n_routed_experts"
+    shared_attr = "shared_experts"
+    correction_bias_key = "mlp.gate.e_score_correction_bias"

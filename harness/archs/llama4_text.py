@@ -1,0 +1,60 @@
+"""Llama-4 (Scout): top-1 sigmoid router whose score scales the expert *input*; a shared
+expert; experts fused as `gate_up_proj` [E, H, 2I] and `down_proj` [E, I, H].
+
+transformers runs every expert on every token (unselected ones on a zero input); the
+instrumented block computes only the routed tokens, with the same result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+from harness.archs.base import ExpertWeights, MoEArch, MoELayer, Routing
+
+
+class Llama4TextArch(MoEArch):
+    model_type = "llama4_text"
+    expert_count_key = "num_local_experts"
+    block_attr = "feed_forward"
+    router_attr = "router"
+    shared_attr = "shared_expert"
+    scales_input = True
+
+    def expert_weights(self, layer: MoELayer, j: int) -> ExpertWeights:
+        gate_up = layer.experts.gate_up_proj[j]  # [H, 2I]
+        inter = gate_up.shape[1] // 2
+        return ExpertWeights(
+            gate=gate_up[:, :inter].T, up=gate_up[:, inter:].T, down=layer.experts.down_proj[j].T
+        )
+
+    def route(self, layer: MoELayer, hidden: torch.Tensor) -> Routing:
+        scores, logits = layer.router(hidden)
+        weights, index = scores.topk(self.top_k, dim=-1)  # unselected experts score exactly 0
+        return Routing(index=index, weights=weights, logits=logits)
+
+    def router_logits_from_output(self, output: Any) -> torch.Tensor:
+        return output[1]
+
+    def instrument(self, layer: MoELayer, record) -> Any:
+        block = layer.block
+
+        def forward(hidden_states):
+            hidden = hidden_states.reshape(-1, block.hidden_dim)
+            routing = self.route(layer, hidden)
+            routed = record(layer, hidden, routing.index, routing.weights, scale_input=True)
+            out = block.shared_expert(hidden)
+            out.add_(routed)
+            return out, routing.logits
+
+        block.forward = forward
+
+        def undo() -> None:
+            del block.forward
+
+        return undo
+
+
+
