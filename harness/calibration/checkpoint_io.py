@@ -50,7 +50,7 @@ class ShardReader:
 def model_fingerprint(model: str | Path, revision: str | None = None) -> dict:
     """Identity of a checkpoint for cache keys, without hashing hundreds of GB.
 
-    Local directory: config.json's hash, and per tensor file its size plus a hash of its
+    Local directory: config.json's and the tokenizer files' hash, and per tensor file its size plus a hash of its
     header and of three 1 MiB samples (start, middle, end). Hub id: the id and revision.
     """
     path = Path(model)
@@ -58,6 +58,10 @@ def model_fingerprint(model: str | Path, revision: str | None = None) -> dict:
         return {"hub_id": str(model), "revision": revision or "main"}
     digest = hashlib.sha256()
     digest.update((path / "config.json").read_bytes())
+    # The tokenizer and chat template change the calibration tokens, so they are identity too.
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.model"):
+        if (path / name).is_file():
+            digest.update(name.encode() + (path / name).read_bytes())
     for shard in sorted(path.glob("*.safetensors")):
         size = shard.stat().st_size
         digest.update(f"{shard.name}:{size}".encode())

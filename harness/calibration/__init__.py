@@ -1,0 +1,1 @@
+"""Calibration: data -> token batches, observer -> per-expert statistics."""

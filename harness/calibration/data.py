@@ -1,0 +1,473 @@
+"""Calibration data -> token batches.
+
+Records from a local file or a Hugging Face dataset become chat-templated token
+sequences, packed into N rows of L tokens (DESIGN.md, "Statistics"). Everything that
+changes the tokens lives in `CalibrationSpec`, and `spec_fingerprint` turns it into the
+calibration part of the cache key. Validating a spec or fingerprinting it does not
+import torch, transformers or `datasets`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import itertools
+import json
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PositiveInt, model_validator
+
+if TYPE_CHECKING:
+    import torch
+
+# Bump when the way records become tokens changes: it is part of the fingerprint.
+CALIBRATION_FORMAT_VERSION = 1
+
+LOCAL_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet")
+# Streaming datasets are shuffled through a buffer of this many records (a full shuffle
+# would download the whole dataset).
+HF_SHUFFLE_BUFFER = 10_000
+
+MESSAGE_FIELDS = ("messages", "conversations")
+# (prompt, answer) field pairs, tried in this order when the format is auto-detected.
+PAIR_FIELDS = (
+    ("instruction", "output"),
+    ("prompt", "response"),
+    ("prompt", "completion"),
+    ("question", "answer"),
+    ("prompt", "body"),  # euclaise/WritingPrompts_curated stores the story in `body`
+    ("prompt", "story"),
+    ("problem", "solution"),
+)
+TEXT_FIELDS = ("text", "content")
+# ShareGPT-style conversations use from/value and these role names.
+ROLE_ALIASES = {"human": "user", "gpt": "assistant", "model": "assistant", "bot": "assistant"}
+
+RecordFormat = Literal["messages", "prompt_response", "text"]
+Messages = list[dict[str, str]]
+Sample = Messages | str  # a conversation to chat-template, or plain text
+
+
+class DatasetSpec(BaseModel):
+    """One calibration source and how to read its records."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1, description="local .json/.jsonl(.gz)/.parquet file or HF dataset name")
+    subset: str | None = None
+    split: str = "train"
+    revision: str | None = Field(default=None, description="HF dataset revision, pins the data")
+    samples: PositiveInt | None = Field(default=None, description="rows this dataset contributes")
+    format: RecordFormat | None = None
+    prompt_field: str | None = None
+    response_field: str | None = None
+    text_field: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_consistent(self) -> DatasetSpec:
+        if (self.prompt_field is None) != (self.response_field is None):
+            raise ValueError(f"{self.source}: give prompt_field and response_field together")
+        if self.prompt_field and self.text_field:
+            raise ValueError(f"{self.source}: give either prompt/response fields or text_field, not both")
+        implied = "prompt_response" if self.prompt_field else "text" if self.text_field else None
+        if self.format and implied and self.format != implied:
+            raise ValueError(f"{self.source}: format {self.format!r} does not match the field overrides")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        """A file path (by suffix, existence or an explicit path prefix) rather than a hub name."""
+        return (
+            self.source.endswith(LOCAL_SUFFIXES)
+            or self.source.startswith(("/", "./", "../", "~"))
+            or Path(self.source).expanduser().exists()
+        )
+
+
+class CalibrationSpec(BaseModel):
+    """Which records, how many rows, how long, how packed: all that decides the tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    samples: PositiveInt = Field(description="N, the number of rows")
+    length: PositiveInt = Field(description="L, tokens per row")
+    packing: Literal["concat", "pad"] = "concat"
+    seed: int = 0
+    apply_chat_template: bool = True
+    chat_template_kwargs: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _counts_add_up(self) -> CalibrationSpec:
+        if len(self.datasets) == 1:
+            given = self.datasets[0].samples
+            if given is not None and given != self.samples:
+                raise ValueError(f"the only dataset has samples={given} but samples (N) is {self.samples}")
+            return self
+        missing = [d.source for d in self.datasets if d.samples is None]
+        if missing:
+            raise ValueError(f"a composite spec needs `samples` on every dataset; missing on {missing}")
+        total = sum(d.samples or 0 for d in self.datasets)
+        if total != self.samples:
+            raise ValueError(
+                f"dataset samples add up to {total} but samples (N) is {self.samples}; make them equal"
+            )
+        return self
+
+    def rows_per_dataset(self) -> list[int]:
+        """How many rows each dataset contributes (a lone dataset without `samples` gives all N)."""
+        return [d.samples or self.samples for d in self.datasets]
+
+    @classmethod
+    def default(cls, domain: str = "code", samples: int = 1024, length: int = 2048) -> CalibrationSpec:
+        return default_spec(domain, samples=samples, length=length)
+
+
+# The paper's calibration domains. Field names checked against public loaders of these
+# datasets; evol-codealpaca has instruction/output, WritingPrompts_curated prompt/body,
+# tulu personas math a `messages` list, c4 `text`. The paper's own loader also prefixes
+# WritingPrompts prompts with a short instruction sentence; that is not reproduced here.
+DEFAULT_DATASETS: dict[str, dict[str, Any]] = {
+    "code": {
+        "source": "theblackcat102/evol-codealpaca-v1",
+        "prompt_field": "instruction",
+        "response_field": "output",
+    },
+    "c4": {"source": "allenai/c4", "subset": "en", "text_field": "text"},
+    "writing": {
+        "source": "euclaise/WritingPrompts_curated",
+        "prompt_field": "prompt",
+        "response_field": "body",
+    },
+    "math": {"source": "allenai/tulu-3-sft-personas-math", "format": "messages"},
+}
+
+
+def default_spec(domain: str = "code", samples: int = 1024, length: int = 2048) -> CalibrationSpec:
+    """The paper's calibration set for `domain` (1024 samples; the 2048-token length is the
+    paper repository's default as far as we could tell, not a number stated in the paper)."""
+    if domain not in DEFAULT_DATASETS:
+        raise ValueError(f"unknown calibration domain {domain!r}; choose one of {sorted(DEFAULT_DATASETS)}")
+    return CalibrationSpec(datasets=[DatasetSpec(**DEFAULT_DATASETS[domain])], samples=samples, length=length)
+
+
+@dataclass(frozen=True)
+class CalibrationBatch:
+    """N rows of L tokens, with the mask of real tokens and the dataset each row came from."""
+
+    input_ids: torch.Tensor  # [N, L] int64
+    attention_mask: torch.Tensor  # [N, L] int64, 0 on padding
+    sources: list[str]
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Consecutive (input_ids, attention_mask) slices of at most `batch_size` rows."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        for start in range(0, len(self), batch_size):
+            stop = start + batch_size
+            yield self.input_ids[start:stop], self.attention_mask[start:stop]
+
+
+# --- fingerprint ---------------------------------------------------------------------
+
+
+def spec_fingerprint(spec: CalibrationSpec) -> dict[str, Any]:
+    """JSON-able settings that decide the tokens: the whole spec, resolved row counts, and a
+    local file's sha256 instead of its path (an edited file changes the key, a moved one
+    does not). Hub datasets are keyed by name/subset/split/revision; without a revision an
+    upstream change goes unnoticed. The tokenizer is not included: key it with the model."""
+    data = spec.model_dump(mode="json")
+    data["format_version"] = CALIBRATION_FORMAT_VERSION
+    for entry, ds, rows in zip(data["datasets"], spec.datasets, spec.rows_per_dataset(), strict=True):
+        entry["samples"] = rows
+        if ds.is_local:
+            path = _local_path(ds)
+            entry["source"] = path.name
+            entry["sha256"] = _sha256(path)
+    return data
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def _local_path(ds: DatasetSpec) -> Path:
+    path = Path(ds.source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"calibration data file {str(path)!r} not found (relative to {Path.cwd()}); "
+            "fix `source` in the calibration spec, or give a Hugging Face dataset name"
+        )
+    if not path.name.endswith(LOCAL_SUFFIXES):
+        raise ValueError(
+            f"calibration data file {str(path)!r} has an unsupported type; "
+            f"convert it to one of {', '.join(LOCAL_SUFFIXES)}"
+        )
+    return path
+
+
+def _local_records(ds: DatasetSpec) -> list[dict]:
+    path = _local_path(ds)
+    if path.name.endswith(".parquet"):
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict(orient="records")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        text = f.read()
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        records = _json_lines(text, path)
+    else:
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError:
+            records = _json_lines(text, path)  # a .json file holding JSON lines
+        else:
+            if isinstance(loaded, dict) and isinstance(loaded.get(ds.split), list):
+                loaded = loaded[ds.split]
+            if not isinstance(loaded, list):
+                raise ValueError(
+                    f"{path}: expected a JSON list of records (or {{{ds.split!r}: [...]}}), "
+                    f"got {type(loaded).__name__}"
+                )
+            records = loaded
+    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: record {bad} is a {type(records[bad]).__name__}, not a JSON object")
+    return records
+
+
+def _json_lines(text: str, path: Path) -> list[dict]:
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
+    return records
+
+
+def _hf_records(ds: DatasetSpec, seed: int) -> Iterator[dict]:
+    """Stream the dataset so that only the records actually used are downloaded."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError(
+            f"calibration source {ds.source!r} is a Hugging Face dataset and needs the `datasets` "
+            "package (pip install datasets), or give a local file"
+        ) from err
+    stream = datasets.load_dataset(ds.source, ds.subset, split=ds.split, streaming=True, revision=ds.revision)
+    yield from stream.shuffle(seed=seed, buffer_size=HF_SHUFFLE_BUFFER)
+
+
+def _records(ds: DatasetSpec, seed: int) -> Iterator[dict]:
+    """Records in the seeded order in which they are selected."""
+    if not ds.is_local:
+        yield from _hf_records(ds, seed)
+        return
+    records = _local_records(ds)
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    yield from (records[i] for i in order)
+
+
+# --- records -> samples --------------------------------------------------------------
+
+
+def _text(value: Any) -> str | None:
+    """A non-empty string, or None (pandas gives NaN for missing values)."""
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _messages(value: Any) -> Messages | None:
+    if value is None or isinstance(value, (str, float)):
+        return None
+    out = []
+    for message in list(value):
+        if not isinstance(message, dict):
+            raise ValueError(f"a message must be a {{role, content}} object, got {message!r:.80}")
+        role = message.get("role", message.get("from"))
+        content = message.get("content", message.get("value"))
+        text = content if isinstance(content, str) else ""  # e.g. None on a tool-call turn
+        out.append({"role": ROLE_ALIASES.get(role, role), "content": text})
+    return out or None
+
+
+def _reader(ds: DatasetSpec, first: dict) -> Callable[[dict], Sample | None]:
+    """Turn records into samples, with the format fixed from the first record's fields."""
+    fields = sorted(first)
+
+    def need(name: str) -> str:
+        if name not in first:
+            raise ValueError(
+                f"calibration dataset {ds.source!r}: no field {name!r}; its records have {fields}"
+            )
+        return name
+
+    fmt = ds.format or ("prompt_response" if ds.prompt_field else "text" if ds.text_field else None)
+    if fmt is None:
+        if any(f in first for f in MESSAGE_FIELDS):
+            fmt = "messages"
+        elif any(p in first and r in first for p, r in PAIR_FIELDS):
+            fmt = "prompt_response"
+        elif any(f in first for f in TEXT_FIELDS):
+            fmt = "text"
+        else:
+            raise ValueError(
+                f"calibration dataset {ds.source!r}: cannot tell the record format from its fields "
+                f"{fields}; set `format` ('messages' | 'prompt_response' | 'text') and the field names "
+                "(`prompt_field` + `response_field`, or `text_field`)"
+            )
+
+    if fmt == "messages":
+        key = need(next((f for f in MESSAGE_FIELDS if f in first), MESSAGE_FIELDS[0]))
+        return lambda record: _messages(record.get(key))
+    if fmt == "text":
+        key = need(ds.text_field or next((f for f in TEXT_FIELDS if f in first), TEXT_FIELDS[0]))
+        return lambda record: _text(record.get(key))
+
+    if ds.prompt_field and ds.response_field:
+        prompt_key, answer_key = need(ds.prompt_field), need(ds.response_field)
+    else:
+        pair = next(((p, r) for p, r in PAIR_FIELDS if p in first and r in first), None)
+        if pair is None:
+            raise ValueError(
+                f"calibration dataset {ds.source!r}: no prompt/answer fields among {fields}; "
+                "set `prompt_field` and `response_field`"
+            )
+        prompt_key, answer_key = pair
+
+    def to_messages(record: dict) -> Messages | None:
+        prompt, answer = _text(record.get(prompt_key)), _text(record.get(answer_key))
+        if prompt is None or answer is None:
+            return None
+        extra = _text(record.get("input")) if prompt_key == "instruction" else None  # Alpaca's input
+        if extra:
+            prompt = f"{prompt}\n\n{extra}"
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+    return to_messages
+
+
+def _samples(ds: DatasetSpec, seed: int) -> Iterator[Sample]:
+    """Non-empty samples of one dataset, in selection order."""
+    records = _records(ds, seed)
+    first = next(records, None)
+    if first is None:
+        return
+    read = _reader(ds, first)
+    for record in itertools.chain([first], records):
+        sample = read(record)
+        if sample:
+            yield sample
+
+
+# --- samples -> tokens ---------------------------------------------------------------
+
+
+def _encoder(spec: CalibrationSpec, tokenizer: Any) -> Callable[[Sample], list[int]]:
+    """Chat-template conversations (answer included, no generation prompt) and tokenise
+    without adding special tokens: the template already holds the ones the model expects."""
+    if spec.apply_chat_template and not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(
+            f"tokenizer {name!r} has no chat template; use a chat model's tokenizer, or set "
+            "`apply_chat_template: false` in the calibration spec to use plain text"
+        )
+
+    def encode(sample: Sample) -> list[int]:
+        if isinstance(sample, str):
+            text = sample  # plain text is never chat-templated
+        elif spec.apply_chat_template:
+            text = tokenizer.apply_chat_template(
+                sample, tokenize=False, add_generation_prompt=False, **spec.chat_template_kwargs
+            )
+        else:
+            text = "\n\n".join(m["content"] for m in sample)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return encode
+
+
+def _concat_rows(
+    encoded: Iterable[list[int]], rows: int, length: int, eos_id: int, label: str
+) -> list[list[int]]:
+    """Join samples with eos between them and cut the stream into rows (no padding)."""
+    need = rows * length
+    stream: list[int] = []
+    used = 0
+    for ids in encoded:
+        if not ids:
+            continue
+        if stream:
+            stream.append(eos_id)
+        stream.extend(ids)
+        used += 1
+        if len(stream) >= need:
+            break
+    if len(stream) < need:
+        raise ValueError(
+            f"calibration dataset {label!r}: {used} records give {len(stream)} tokens, but {rows} rows "
+            f"x {length} tokens = {need} are needed; lower samples/length or add data"
+        )
+    return [stream[i * length : (i + 1) * length] for i in range(rows)]
+
+
+def _pad_rows(encoded: Iterable[list[int]], rows: int, length: int, label: str) -> list[list[int]]:
+    """One sample per row, truncated to `length` (padding is added by the caller)."""
+    out = []
+    for ids in encoded:
+        if ids:
+            out.append(ids[:length])
+            if len(out) == rows:
+                return out
+    raise ValueError(
+        f"calibration dataset {label!r}: only {len(out)} non-empty records, but {rows} rows are needed "
+        "with packing='pad'; lower samples or add data"
+    )
+
+
+def build_calibration_batch(spec: CalibrationSpec, tokenizer: Any) -> CalibrationBatch:
+    """The token batch for `spec`; the same spec and tokenizer always give the same tensors."""
+    import torch
+
+    encode = _encoder(spec, tokenizer)
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id or 0
+    if spec.packing == "concat" and eos_id is None:
+        raise ValueError("packing='concat' separates samples with the eos token, but the tokenizer has none")
+
+    length = spec.length
+    ids_rows: list[list[int]] = []
+    mask_rows: list[list[int]] = []
+    sources: list[str] = []
+    for ds, rows in zip(spec.datasets, spec.rows_per_dataset(), strict=True):
+        encoded = (encode(sample) for sample in _samples(ds, spec.seed))
+        if spec.packing == "concat":
+            block = _concat_rows(encoded, rows, length, eos_id, ds.source)
+        else:
+            block = _pad_rows(encoded, rows, length, ds.source)
+        for ids in block:
+            ids_rows.append(ids + [pad_id] * (length - len(ids)))
+            mask_rows.append([1] * len(ids) + [0] * (length - len(ids)))
+        sources.extend([ds.source] * rows)
+    return CalibrationBatch(
+        input_ids=torch.tensor(ids_rows, dtype=torch.long),
+        attention_mask=torch.tensor(mask_rows, dtype=torch.long),
+        sources=sources,
+    )
