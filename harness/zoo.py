@@ -175,10 +175,10 @@ ZOO: dict[str, ZooSpec] = {
 }
 
 
-def _make_config(spec: ZooSpec, special: dict[str, int]):
+def _make_config(spec: ZooSpec, special: dict[str, int], overrides: dict[str, Any] | None = None):
     from transformers import AutoConfig
 
-    kwargs = {**_COMMON, **spec.config}
+    kwargs = {**_COMMON, **spec.config, **(overrides or {})}
     kwargs.update(
         vocab_size=special["vocab_size"],
         bos_token_id=special["bos"], eos_token_id=special["eos"], pad_token_id=special["pad"]
@@ -246,21 +246,34 @@ def _ensure_saved_tensors(model, out_dir: Path) -> list[str]:
     vLLM refuses a deepseek_v3 checkpoint without `e_score_correction_bias`, and the
     real Kimi-K2 checkpoint has it, so the zoo copy must too.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
-    shard = out_dir / "model.safetensors"
-    tensors = load_file(shard)
+    keys: set[str] = set()
+    for shard in out_dir.glob("*.safetensors"):
+        with safe_open(str(shard), "pt") as handle:
+            keys.update(handle.keys())
     # Hub names can differ from in-memory names (ERNIE keeps the bias under
     # `mlp.moe_statics`), so a layer counts as covered if any of its keys holds it.
-    covered = {key.split(".mlp.")[0] for key in tensors if key.endswith("e_score_correction_bias")}
-    added = []
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if name.endswith("e_score_correction_bias") and name.split(".mlp.")[0] not in covered:
-            tensors[name] = tensor.detach().clone().contiguous()
-            added.append(name)
-    if added:
-        save_file(tensors, shard, metadata={"format": "pt"})
-    return added
+    covered = {key.split(".mlp.")[0] for key in keys if key.endswith("e_score_correction_bias")}
+    missing = {
+        name: tensor.detach().clone().contiguous()
+        for name, tensor in list(model.named_parameters()) + list(model.named_buffers())
+        if name.endswith("e_score_correction_bias") and name.split(".mlp.")[0] not in covered
+    }
+    single = out_dir / "model.safetensors"
+    if missing and single.is_file():
+        from safetensors.torch import load_file
+
+        save_file({**load_file(str(single)), **missing}, str(single), metadata={"format": "pt"})
+    elif missing:  # sharded: one more shard, listed in the index
+        extra = "model-routing.safetensors"
+        save_file(missing, str(out_dir / extra), metadata={"format": "pt"})
+        index_path = out_dir / "model.safetensors.index.json"
+        index = json.loads(index_path.read_text())
+        index["weight_map"].update({name: extra for name in missing})
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return sorted(missing)
 
 
 def _use_hub_config_keys(out_dir: Path, model_type: str) -> None:
@@ -275,8 +288,12 @@ def _use_hub_config_keys(out_dir: Path, model_type: str) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def build_model(name: str, out_dir: str | Path, seed: int = SEED) -> Path:
-    """Write zoo model `name` (config, safetensors, tokenizer, chat template) to out_dir."""
+def build_model(name: str, out_dir: str | Path, seed: int = SEED,
+                overrides: dict[str, Any] | None = None) -> Path:
+    """Write zoo model `name` (config, safetensors, tokenizer, chat template) to out_dir.
+
+    `overrides` changes config values (e.g. a scaled-up copy for benchmarks).
+    """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -293,7 +310,7 @@ def build_model(name: str, out_dir: str | Path, seed: int = SEED) -> Path:
         # Exactly the tokenizer's size: ids it cannot decode would be generated otherwise.
         "vocab_size": len(tokenizer),
     }
-    config = _make_config(spec, special)
+    config = _make_config(spec, special, overrides)
     # Per-family seed, so families with the same shapes do not get identical weights.
     family_seed = seed + int(hashlib.sha256(name.encode()).hexdigest()[:6], 16)
     torch.manual_seed(family_seed)
@@ -301,7 +318,7 @@ def build_model(name: str, out_dir: str | Path, seed: int = SEED) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     _shape_routing(model, spec, generator)
     model.eval()
-    model.save_pretrained(out)
+    model.save_pretrained(out, max_shard_size="1GB")
     _ensure_saved_tensors(model, out)
     _use_hub_config_keys(out, spec.model_type)
     tokenizer.save_pretrained(out)
