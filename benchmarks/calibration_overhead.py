@@ -77,13 +77,22 @@ def overhead(model_dir: Path, samples: int, length: int, batch_size: int, repeat
     print(f"observer, + mean_out + router {t_all:7.2f} s   ratio {t_all / t_plain:5.2f}")
 
 
+def _peak_mb() -> float:
+    """This process's peak resident memory (VmHWM). Unlike ru_maxrss, it is not inherited
+    from the parent across fork + exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def _peak_child(model_dir: Path, sequential: bool, samples: int, length: int) -> dict:
     code = f"""
-import json, resource, time, torch
+import json, time, torch
 from transformers import AutoModelForCausalLM
 from harness.archs import get_arch
 from harness.calibration.run import calibrate_loaded, calibrate_sequential
-from benchmarks.calibration_overhead import _tokens
+from benchmarks.calibration_overhead import _tokens, _peak_mb
 ids, mask = _tokens({samples}, {length}, {json.loads((model_dir / "config.json").read_text())["vocab_size"]})
 started = time.perf_counter()
 if {sequential}:
@@ -91,7 +100,7 @@ if {sequential}:
 else:
     model = AutoModelForCausalLM.from_pretrained({str(model_dir)!r}, dtype=torch.float32).eval()
     stats = calibrate_loaded(model, get_arch({str(model_dir)!r}), ids, mask, batch_size=4)
-print(json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({{"peak_rss_mb": _peak_mb(),
                   "seconds": time.perf_counter() - started,
                   "reap_sum_first": float(stats[min(stats)].reap_sum.sum())}}))
 """
@@ -105,9 +114,9 @@ def memory(root: Path, samples: int, length: int) -> None:
 
     model_dir = build_model("qwen3_moe", root / "big", overrides=MEMORY_MODEL)
     size_gb = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 1e9
-    baseline = subprocess.run([sys.executable, "-c", "import resource, torch, transformers; "
-                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],
-                              capture_output=True, text=True, check=True)
+    baseline = subprocess.run([sys.executable, "-c", "import torch, transformers; "
+                               "from benchmarks.calibration_overhead import _peak_mb; print(_peak_mb())"],
+                              capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     normal = _peak_child(model_dir, False, samples, length)
     sequential = _peak_child(model_dir, True, samples, length)
     layer_gb = size_gb / MEMORY_MODEL["num_hidden_layers"]
