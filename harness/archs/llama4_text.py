@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-
 from harness.archs.base import ExpertWeights, MoEArch, MoELayer, Routing
 
 
