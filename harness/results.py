@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from harness.atomic import atomic_write
 
 SOURCES = ("harness", "paper")
 STR_COLUMNS = ("model", "family", "method", "task", "category", "metric", "source", "series",
@@ -266,20 +266,12 @@ def read_samples(*paths: str | Path) -> pd.DataFrame:
 def atomic_write_table(df: pd.DataFrame, path: Path) -> None:
     """Write next to the target then rename, so readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if path.suffix == ".parquet":
-            df.to_parquet(tmp, index=False)
-        elif path.suffix == ".csv":
-            df.to_csv(tmp, index=False, float_format="%.6g")
-        else:
-            raise ValueError(f"unsupported table format {path.suffix!r} (use .csv or .parquet)")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if path.suffix == ".parquet":
+        atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+    elif path.suffix == ".csv":
+        atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
+    else:
+        raise ValueError(f"unsupported table format {path.suffix!r} (use .csv or .parquet)")
 
 
 def write_results(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:

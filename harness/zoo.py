@@ -246,13 +246,11 @@ def _ensure_saved_tensors(model, out_dir: Path) -> list[str]:
     vLLM refuses a deepseek_v3 checkpoint without `e_score_correction_bias`, and the
     real Kimi-K2 checkpoint has it, so the zoo copy must too.
     """
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
-    keys: set[str] = set()
-    for shard in out_dir.glob("*.safetensors"):
-        with safe_open(str(shard), "pt") as handle:
-            keys.update(handle.keys())
+    from harness.calibration.checkpoint_io import ShardReader
+
+    keys = set(ShardReader(out_dir).key_to_file)
     # Hub names can differ from in-memory names (ERNIE keeps the bias under
     # `mlp.moe_statics`), so a layer counts as covered if any of its keys holds it.
     covered = {key.split(".mlp.")[0] for key in keys if key.endswith("e_score_correction_bias")}

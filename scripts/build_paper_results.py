@@ -33,7 +33,6 @@ MODELS = {
     "Qwen3-Coder-480B-A35B-Instruct-FP8": ("qwen3_moe", 480.0, 35.0),
     "Kimi-K2-Instruct-W4A16": ("deepseek_v3", 1026.0, 32.0),
 }
-CATEGORY = {"coding": "coding", "math": "math", "creative_writing": "creative_writing", "mc": "mc"}
 TABLE_TASKS = {  # large-scale table column: (category, metric)
     "evalplus": ("coding", "pass@1"), "livecodebench": ("coding", "pass@1"), "code_avg": ("coding", "pass@1"),
     "swe_bench_verified": ("agentic", "resolved"), "bfcl_non_live": ("agentic", "accuracy"),
@@ -56,7 +55,7 @@ def fig1_rows(fig1: pd.DataFrame) -> pd.DataFrame:
         family, total, active = MODELS[r.model]
         rows.append(dict(
             model=r.model, family=family, method=r.method, ratio=float(r.ratio), task=r.panel,
-            category=CATEGORY[r.panel], metric="accuracy", value=round(r.value_pct / 100, 5),
+            category=r.panel, metric="accuracy", value=round(r.value_pct / 100, 5),
             total_params_b=total if r.method == "baseline" else r.total_params_b, activated_params_b=active,
             source="paper", approximate=True,
             provenance=json.dumps({
@@ -75,7 +74,7 @@ def bar_rows(bars: pd.DataFrame, params: dict) -> pd.DataFrame:
         family, _, active = MODELS[r.model]
         rows.append(dict(
             model=r.model, family=family, method=r.method, ratio=float(r.compression), task=r.task,
-            category=CATEGORY[r.task], metric="accuracy", value=round(r.accuracy_pct / 100, 5),
+            category=r.task, metric="accuracy", value=round(r.accuracy_pct / 100, 5),
             total_params_b=params.get((r.model, float(r.compression)), float("nan")), activated_params_b=active,
             source="paper", approximate=True,
             provenance=json.dumps({"figure": "combined-all-tasks_qwen_and_glm.png",

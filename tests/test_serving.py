@@ -26,8 +26,8 @@ def _gone(pids: list[int]) -> bool:
     return True
 
 
-def _hf_prompt_logprobs(model_dir, token_ids: list[int]) -> torch.Tensor:
-    """log p(token_i | tokens_<i) from transformers, the independent reference."""
+def _hf_prompt_logprobs(model_dir, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(token_i | tokens_<i) and the next-token distribution, from transformers (the reference)."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ids = torch.tensor([token_ids])
     with torch.no_grad():

@@ -7,13 +7,13 @@ sums are float64 so results do not depend on how tokens were batched.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from harness.atomic import atomic_write
 
 # Bump when a statistic's definition or the file layout changes: it is part of the cache key.
 STATS_FORMAT_VERSION = 1
@@ -102,8 +102,8 @@ class CalibrationStatistics:
         out.mkdir(parents=True, exist_ok=True)
         flat = {f"layers.{i}.{name}": t.contiguous() for i, s in self.layers.items()
                 for name, t in s.tensors().items()}
-        _atomic(out / "statistics.safetensors", lambda p: save_file(flat, str(p)))
-        _atomic(out / "manifest.json",
+        atomic_write(out / "statistics.safetensors", lambda p: save_file(flat, str(p)))
+        atomic_write(out / "manifest.json",
                 lambda p: Path(p).write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n"))
         return out
 
@@ -119,15 +119,3 @@ class CalibrationStatistics:
             grouped.setdefault(int(index), {})[name] = tensor
         manifest = json.loads((out / "manifest.json").read_text())
         return cls({i: LayerStatistics.from_tensors(t) for i, t in sorted(grouped.items())}, manifest)
-
-
-def _atomic(path: Path, write) -> None:
-    """Write via a temporary file in the same directory, then rename over the target."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
