@@ -9,8 +9,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from harness.archs import get_arch
+from harness.calibration.observer import Observer
 from harness.zoo import ZOO, build_model, checkpoint_digest
-from tests.routing_probe import expert_counts
 
 TEXTS = [
     "The capital of France is Paris, and the Seine runs through it.",
@@ -95,7 +96,10 @@ def test_routing_is_uneven_and_expert_specific(zoo_dir, family):
     model = _load(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
-    counts = expert_counts(model, batch.input_ids, batch.attention_mask)
+    with torch.no_grad(), Observer(model, get_arch(path)) as observer:
+        observer.set_mask(batch.attention_mask)  # count real tokens only
+        model(**batch)
+    counts = {index: stats.count for index, stats in observer.stats.items()}
     config = json.loads((path / "config.json").read_text())
     n_key, k_key, moe_layers, _, _ = STRUCTURE[family]
     assert len(counts) == len(moe_layers)
