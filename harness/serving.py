@@ -219,6 +219,10 @@ class VLLMServer:
             self._log_file = None
         self.process = None
 
+    def alive(self) -> bool:
+        """True while the API server process runs (a crashed engine takes it down)."""
+        return self.process is not None and self.process.poll() is None
+
     def pids(self) -> list[int]:
         """The server process and all its descendants (for leak checks)."""
         if self.process is None:

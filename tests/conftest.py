@@ -42,3 +42,29 @@ def no_leftover_servers():
     yield
     leftovers = [p for p in vllm_descendants() if p.status() != psutil.STATUS_ZOMBIE]
     assert not leftovers, f"vLLM processes left behind: {[(p.pid, p.cmdline()[:4]) for p in leftovers]}"
+
+
+class ServedTiny:
+    """One vLLM server of the tiny qwen3_moe zoo model, shared by every test that only needs "a served model"."""
+
+    def __init__(self, server, model_dir: Path):
+        from harness.tasks.base import Endpoint
+
+        self.server = server
+        self.model_dir = model_dir
+        self.name = "tiny"
+        self.base_url = server.base_url
+        self.endpoint = Endpoint(base_url=server.base_url, model=self.name, tokenizer=str(model_dir))
+
+
+@pytest.fixture(scope="session")
+def served_tiny(tmp_path_factory):
+    """Each vLLM start costs 30-60 s here: the task tests share this one (float32, 2048 tokens)."""
+    from harness.serving import VLLMServer
+    from harness.zoo import build_model
+
+    root = tmp_path_factory.mktemp("served_tiny")
+    model_dir = build_model("qwen3_moe", root / "qwen3_moe")
+    with VLLMServer(model_dir, served_model_name="tiny", dtype="float32", max_model_len=2048,
+                    log_path=root / "vllm.log") as server:
+        yield ServedTiny(server, model_dir)

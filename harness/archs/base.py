@@ -64,6 +64,11 @@ class MoEArch:
     # Hub (on-disk) layout: the block's name there, and the per-expert projection names.
     hub_block_attr: ClassVar[str | None] = None
     hub_expert_names: ClassVar[dict[str, str]] = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+    # Hub layout when the checkpoint stores the routed experts fused (Llama-4): the names, under
+    # `<block>.experts.`, of the gate_up [E, H, 2I] and down [E, I, H] tensors. None: per-expert keys.
+    hub_fused_expert_names: ClassVar[dict[str, str] | None] = None
+    # Other config keys that also hold the routed-expert count (rewritten with it).
+    expert_count_aliases: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: dict[str, Any]):
         self.config = config

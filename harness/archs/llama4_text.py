@@ -21,6 +21,7 @@ class Llama4TextArch(MoEArch):
     router_attr = "router"
     shared_attr = "shared_expert"
     scales_input = True
+    hub_fused_expert_names = {"gate_up": "gate_up_proj", "down": "down_proj"}
 
     def expert_weights(self, layer: MoELayer, j: int) -> ExpertWeights:
         gate_up = layer.experts.gate_up_proj[j]  # [H, 2I]

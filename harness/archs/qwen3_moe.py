@@ -6,6 +6,7 @@ from harness.archs.base import MoEArch
 class Qwen3MoeArch(MoEArch):
     model_type = "qwen3_moe"
     expert_count_key = "num_experts"
+    expert_count_aliases = ("num_local_experts",)
 
     @property
     def num_experts(self) -> int:

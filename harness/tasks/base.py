@@ -59,7 +59,7 @@ class GenerationSettings(BaseModel):
     seed: int = 0
     # Passed to the chat template; thinking off for models that have a thinking mode.
     chat_template_kwargs: dict[str, Any] = Field(default_factory=lambda: {"enable_thinking": False})
-    concurrency: int = Field(8, ge=1)  # parallel requests (not recorded: does not change outputs)
+    concurrency: int = Field(64, ge=1)  # parallel requests (not recorded: does not change outputs)
 
     def request_fields(self) -> dict[str, Any]:
         """The fields of an OpenAI request body that these settings set."""
@@ -106,8 +106,8 @@ class TaskResult(BaseModel):
 
     task: str
     category: str
-    status: Literal["ok", "not_run"] = "ok"
-    reason: str = ""  # why not run
+    status: Literal["ok", "not_run", "error"] = "ok"
+    reason: str = ""  # why not run, or the error
     score: float | None = None  # the task's contribution to its category
     metrics: dict[str, float] = Field(default_factory=dict)
     n_samples: int = 0
@@ -154,11 +154,19 @@ class Task(ABC):
             "generation": ctx.generation.recorded(),
             "limit": ctx.limit,
             "data_dir": str(ctx.data_dir) if ctx.data_dir else None,
-            "data_sha256": {str(p.name): file_sha256(p) for p in files},
+            "data_sha256": {_data_name(p, ctx.data_dir): file_sha256(p) for p in files},
             "endpoint_model": ctx.endpoint.model,
             "chat_template_sha256": chat_template_hash(ctx.endpoint.tokenizer),
             "tool_versions": tool_versions(),
         }
+
+
+def _data_name(path: Path, data_dir: Path | None) -> str:
+    """A data file's name in provenance: relative to the data dir (MMLU has 57 `test.jsonl`)."""
+    try:
+        return str(Path(path).relative_to(data_dir)) if data_dir else Path(path).name
+    except ValueError:
+        return Path(path).name
 
 
 def file_sha256(path: Path) -> str:

@@ -1,0 +1,259 @@
+"""Evaluate one served model on benchmark tasks and write its results.
+
+    python -m harness.evaluate --base-url http://127.0.0.1:8000/v1 --model NAME \\
+        --tasks coding,math --limit 20 --out DIR [--data-dir ../shared/datasets]
+
+`--tasks` takes task names and category names (a category stands for those of its
+paper tasks that are registered). For each task DIR gets `<task>.json` (the result
+without samples) and `<task>.samples.jsonl` (one record per sample); DIR/results.csv
+is the tidy results table: one row per task metric that is a fraction (counts `n_*`
+and raw means `mean_*` stay in the JSON) and one row per category score. A task that
+fails is recorded with its error and the others still run; the exit code is 1 if any
+task failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import harness
+from harness.atomic import atomic_write
+from harness.tasks import UnknownTaskError, get_task_class, task_names
+from harness.tasks.base import Endpoint, GenerationSettings, TaskContext, TaskResult
+from harness.tasks.categories import PAPER_TASKS, category_score
+
+CATEGORY_ALIASES = {"creative": "creative_writing"}
+
+
+# -- task selection ---------------------------------------------------------------------
+def expand_tasks(spec: str) -> list[str]:
+    """Comma-separated task and category names -> registered task names (in order, no repeats).
+
+    A category expands to its paper tasks that are registered; an unknown name raises
+    UnknownTaskError listing what is known.
+    """
+    known = set(task_names())
+    out: list[str] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        category = CATEGORY_ALIASES.get(item, item)
+        if category in PAPER_TASKS:
+            expanded = [t for t in PAPER_TASKS[category] if t in known]
+        elif item in known:
+            expanded = [item]
+        else:
+            raise UnknownTaskError(f"unknown task or category {item!r}; categories: {', '.join(PAPER_TASKS)}; "
+                                   f"tasks: {', '.join(sorted(known))}")
+        out += [t for t in expanded if t not in out]
+    if not out:
+        raise UnknownTaskError(f"no tasks in {spec!r}")
+    return out
+
+
+# -- running ----------------------------------------------------------------------------
+def failed(result: TaskResult) -> bool:
+    """True for a task that raised or was not ready (a task may also decline to run: not a failure)."""
+    return result.status != "ok" and "error" in result.provenance
+
+
+def _failure(name: str, category: str, ctx: TaskContext, error: str, detail: str = "") -> TaskResult:
+    return TaskResult(task=name, category=category, status="not_run", reason=f"failed: {error}",
+                      provenance={"harness_version": harness.__version__, "task": name, "error": error,
+                                  "traceback": detail, "generation": ctx.generation.recorded(),
+                                  "endpoint_model": ctx.endpoint.model, "limit": ctx.limit})
+
+
+def run_task(name: str, ctx: TaskContext, options: dict[str, Any] | None = None) -> TaskResult:
+    """One task; any error becomes a recorded failure, never an exception or a gap."""
+    category = "unknown"
+    try:
+        cls = get_task_class(name)
+        category = cls.category
+        task = cls(options)
+        problems = task.check_ready(ctx)
+        if problems:
+            return _failure(name, category, ctx, "not ready: " + "; ".join(problems))
+        started = time.monotonic()
+        result = task.run(ctx)
+        result.provenance.setdefault("wall_s", round(time.monotonic() - started, 3))
+        return result
+    except Exception as exc:  # noqa: BLE001 - recorded with its traceback, the run goes on
+        partial = getattr(exc, "partial_result", None)
+        failure = _failure(name, category, ctx, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        if isinstance(partial, TaskResult):  # keep what the task did produce (samples, metrics)
+            failure.samples, failure.metrics, failure.n_samples = partial.samples, partial.metrics, partial.n_samples
+            failure.provenance = {**partial.provenance, **failure.provenance}
+        return failure
+
+
+def evaluate(endpoint: Endpoint, tasks: Sequence[str], *, generation: GenerationSettings | None = None,
+             limit: int | None = None, data_dir: Path | None = None, work_dir: Path | None = None,
+             judge: Endpoint | None = None, task_options: dict[str, dict[str, Any]] | None = None,
+             progress: bool = True, on_result: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
+    """Run `tasks` (registered names) against `endpoint`, one after another; failures are results too.
+
+    `task_options` maps a task name to its Options; `on_result` is called as each task
+    finishes (the CLI writes files there, so a crash later loses nothing).
+    """
+    results = []
+    for name in tasks:
+        ctx = TaskContext(endpoint=endpoint, generation=generation or GenerationSettings(), limit=limit,
+                          data_dir=Path(data_dir) if data_dir else None,
+                          work_dir=Path(work_dir) / name if work_dir else None, judge=judge, progress=progress)
+        result = run_task(name, ctx, (task_options or {}).get(name))
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+# -- writing ----------------------------------------------------------------------------
+def write_task_files(result: TaskResult, out_dir: Path) -> None:
+    """<task>.json (no samples) and <task>.samples.jsonl, each written atomically."""
+    summary = result.model_dump(mode="json", exclude={"samples"})
+
+    def dump_json(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+    def dump_samples(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for sample in result.samples:
+                fh.write(sample.model_dump_json() + "\n")
+
+    atomic_write(out_dir / f"{result.task}.json", dump_json)
+    atomic_write(out_dir / f"{result.task}.samples.jsonl", dump_samples)
+
+
+def tabulated(metric: str, value: float) -> bool:
+    """Metrics that go into the results table: fractions, not counts (n_*) or raw means (mean_*)."""
+    return not metric.startswith(("n_", "mean_")) and math.isfinite(value) and 0.0 <= value <= 1.0
+
+
+def results_rows(results: Sequence[TaskResult], *, model: str, method: str = "baseline", ratio: float = 0.0,
+                 family: str = "") -> list[dict[str, Any]]:
+    """Tidy rows (harness.results schema): task metrics, then category scores."""
+    base = {"model": model, "family": family, "method": method, "ratio": ratio, "source": "harness",
+            "harness_version": harness.__version__}
+    rows = []
+    for r in results:
+        if r.status != "ok":
+            continue
+        prov = {"endpoint_model": r.provenance.get("endpoint_model"), "generation": r.provenance.get("generation"),
+                "chat_template_sha256": r.provenance.get("chat_template_sha256"),
+                "data_sha256": r.provenance.get("data_sha256"), "limit": r.provenance.get("limit")}
+        for metric, value in sorted(r.metrics.items()):
+            if tabulated(metric, value):
+                rows.append({**base, "task": r.task, "category": r.category, "metric": metric, "value": value,
+                             "n_samples": r.n_samples, "provenance": prov})
+    for category in dict.fromkeys(r.category for r in results):
+        cat = category_score(category, list(results))
+        if cat is not None:
+            n = sum(r.n_samples for r in results if r.task in cat.tasks)
+            rows.append({**base, "task": category, "category": category, "metric": "accuracy", "value": cat.value,
+                         "n_samples": n, "provenance": {"definition": cat.definition, "tasks": cat.tasks,
+                                                        "missing": cat.missing}})
+    return rows
+
+
+def write_summary(results: Sequence[TaskResult], out_dir: Path, **labels: Any) -> Path:
+    from harness.results import rows_to_frame, write_results
+
+    path = out_dir / "results.csv"
+    write_results(rows_to_frame(results_rows(results, **labels)), path)
+    return path
+
+
+def summary_text(results: Sequence[TaskResult]) -> str:
+    lines = [f"{'task':22s} {'category':18s} {'status':8s} {'n':>5s} {'score':>7s}  metrics / reason"]
+    for r in results:
+        score = f"{r.score:7.4f}" if r.score is not None else "      -"
+        status = "FAILED" if failed(r) else r.status
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r.metrics.items())) if r.status == "ok" else r.reason
+        lines.append(f"{r.task:22s} {r.category:18s} {status:8s} {r.n_samples:5d} {score}  {detail}")
+    for category in dict.fromkeys(r.category for r in results):
+        cat = category_score(category, list(results))
+        if cat is not None:
+            missing = f" (missing: {', '.join(cat.missing)})" if cat.missing else ""
+            over = ", ".join(cat.tasks)
+            lines.append(f"category {category}: {cat.value:.4f} = {cat.definition} over {over}{missing}")
+    return "\n".join(lines)
+
+
+# -- CLI --------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base-url", required=True, help="OpenAI-compatible base URL, ending in /v1")
+    p.add_argument("--model", required=True, help="served model name")
+    p.add_argument("--api-key-env", help="environment variable holding the server's API key")
+    p.add_argument("--tasks", required=True, help="comma-separated task and/or category names")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--limit", type=int, help="first N samples of each task")
+    p.add_argument("--data-dir", type=Path, help="offline benchmark copies (../shared/datasets layout)")
+    p.add_argument("--work-dir", type=Path, help="scratch space for tool caches (default: OUT/work)")
+    p.add_argument("--tokenizer", help="local checkpoint dir or hub id: chat-template hash, lm-eval tokenization")
+    p.add_argument("--judge-base-url", help="judge endpoint for judged tasks (creative writing)")
+    p.add_argument("--judge-model", help="judge's served model name")
+    p.add_argument("--judge-api-key-env", help="environment variable holding the judge's API key")
+    p.add_argument("--max-tokens", type=int, default=GenerationSettings().max_tokens)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+    p.add_argument("--enable-thinking", action="store_true", help="leave thinking mode on (default: off)")
+    p.add_argument("--concurrency", type=int, default=GenerationSettings().concurrency, help="parallel requests")
+    p.add_argument("--task-options", type=json.loads, default={},
+                   help='JSON object: task name -> options, e.g. \'{"wildbench_creative": {"data_file": "x.jsonl"}}\'')
+    p.add_argument("--label", help="model name in the results table (default: --model)")
+    p.add_argument("--method", default="baseline", help="method label in the results table")
+    p.add_argument("--ratio", type=float, default=0.0, help="compression ratio label in the results table")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        tasks = expand_tasks(args.tasks)
+    except UnknownTaskError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if bool(args.judge_base_url) != bool(args.judge_model):
+        print("error: give both --judge-base-url and --judge-model (or neither)", file=sys.stderr)
+        return 2
+    endpoint = Endpoint(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+                        tokenizer=args.tokenizer)
+    judge = (Endpoint(base_url=args.judge_base_url, model=args.judge_model, api_key_env=args.judge_api_key_env)
+             if args.judge_base_url else None)
+    generation = GenerationSettings(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                                    stop=args.stop, seed=args.seed, concurrency=args.concurrency,
+                                    chat_template_kwargs={"enable_thinking": args.enable_thinking})
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    def on_result(result: TaskResult) -> None:
+        write_task_files(result, out)
+        state = "FAILED: " + result.reason if failed(result) else f"score={result.score}"
+        print(f"[evaluate] {result.task}: {state}", file=sys.stderr, flush=True)
+
+    print(f"[evaluate] tasks: {', '.join(tasks)}", file=sys.stderr, flush=True)
+    results = evaluate(endpoint, tasks, generation=generation, limit=args.limit, data_dir=args.data_dir,
+                       work_dir=args.work_dir or out / "work", judge=judge, task_options=args.task_options,
+                       progress=not args.quiet, on_result=on_result)
+    table = write_summary(results, out, model=args.label or args.model, method=args.method, ratio=args.ratio)
+    print(summary_text(results))
+    print(f"results table: {table}")
+    return 1 if any(failed(r) for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

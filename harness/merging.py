@@ -1,0 +1,119 @@
+"""Expert merging: frequency-weighted averaging, optionally after neuron alignment (M-SMoE).
+
+The intermediate neurons of an expert can be permuted (rows of gate/up, columns of down)
+without changing what it computes, so two experts trained apart may hold similar neurons
+in different places. Alignment finds, by linear assignment, the permutation of each
+member's neurons that best matches the dominant expert (`members[0]`) before averaging.
+
+Also the block-wise FP8 (de)quantisation the writer needs to merge FP8 checkpoints:
+dequantise, merge in float, quantise again with the same block layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from harness.archs.base import ExpertWeights
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+# -- alignment -------------------------------------------------------------------------------
+def neuron_features(expert: ExpertWeights) -> torch.Tensor:
+    """One row per intermediate neuron: [gate_i | up_i | down[:, i]] (float64, [I, 3H])."""
+    return torch.cat([expert.gate, expert.up, expert.down.T], dim=1).double()
+
+
+def alignment_permutation(reference: ExpertWeights, other: ExpertWeights) -> torch.Tensor:
+    """perm such that neuron i of the aligned `other` is its neuron perm[i].
+
+    Maximises the summed inner product between matched neuron vectors (weight matching),
+    solved exactly by `scipy.optimize.linear_sum_assignment`.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    ref, oth = neuron_features(reference), neuron_features(other)
+    if ref.shape != oth.shape:
+        raise ValueError(f"cannot align experts of different shapes {tuple(ref.shape)} and {tuple(oth.shape)}")
+    similarity = (ref @ oth.T).numpy()
+    rows, cols = linear_sum_assignment(similarity, maximize=True)
+    perm = torch.empty(len(rows), dtype=torch.long)
+    perm[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
+    return perm
+
+
+def permute_neurons(expert: ExpertWeights, perm: torch.Tensor) -> ExpertWeights:
+    """The same function with its intermediate neurons reordered."""
+    return ExpertWeights(gate=expert.gate[perm], up=expert.up[perm], down=expert.down[:, perm])
+
+
+# -- merging ---------------------------------------------------------------------------------
+def merge_experts(experts: Sequence[ExpertWeights], weights: Sequence[float], *, align: bool = False
+                  ) -> ExpertWeights:
+    """Weighted average of experts (computed in float64); with `align`, every member is first
+    permuted onto experts[0]. Returns float64 weights: the caller casts to its storage dtype."""
+    if len(experts) != len(weights) or not experts:
+        raise ValueError(f"need one weight per expert, got {len(experts)} experts and {len(weights)} weights")
+    total = float(sum(weights))
+    if any(w < 0 for w in weights) or abs(total - 1.0) > 1e-6:
+        raise ValueError(f"merge weights must be >= 0 and sum to 1, got {list(weights)}")
+    members = [ExpertWeights(e.gate.double(), e.up.double(), e.down.double()) for e in experts]
+    if align:
+        members = [members[0]] + [permute_neurons(m, alignment_permutation(members[0], m)) for m in members[1:]]
+    gate = sum(w * m.gate for w, m in zip(weights, members, strict=True))
+    up = sum(w * m.up for w, m in zip(weights, members, strict=True))
+    down = sum(w * m.down for w, m in zip(weights, members, strict=True))
+    return ExpertWeights(gate=gate, up=up, down=down)
+
+
+# -- block-wise FP8 ---------------------------------------------------------------------------
+def scale_block(weight_shape: Sequence[int], scale_shape: Sequence[int],
+                block: Sequence[int] | None = None) -> tuple[int, int]:
+    """The (rows, cols) block one scale entry covers.
+
+    `block` (the config's `weight_block_size`) wins; without it the block is inferred from
+    the shapes, which only works when the scale grid divides the weight exactly.
+    """
+    rows, cols = int(weight_shape[0]), int(weight_shape[1])
+    grid = [int(s) for s in scale_shape] if len(scale_shape) else [1, 1]
+    if len(grid) == 1:  # per-output-channel or per-tensor
+        grid = [grid[0], 1]
+    if block is not None:
+        b0, b1 = int(block[0]), int(block[1])
+        if grid != [-(-rows // b0), -(-cols // b1)]:
+            raise ValueError(f"scale grid {grid} does not fit a {rows}x{cols} weight in {b0}x{b1} blocks")
+        return b0, b1
+    if rows % grid[0] or cols % grid[1]:
+        raise ValueError(f"cannot infer the quantisation block of a {rows}x{cols} weight from a scale of shape "
+                         f"{grid}: set quantization_config.weight_block_size in config.json")
+    return rows // grid[0], cols // grid[1]
+
+
+def _expand(scale: torch.Tensor, rows: int, cols: int, block: tuple[int, int]) -> torch.Tensor:
+    grid = scale.reshape(-(-rows // block[0]), -(-cols // block[1]))
+    return grid.repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
+
+
+def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, block: Sequence[int] | None = None) -> torch.Tensor:
+    """float32 weight = q * scale, each scale entry covering one block."""
+    rows, cols = weight.shape
+    b = scale_block(weight.shape, scale.shape, block)
+    return weight.float() * _expand(scale.float(), rows, cols, b)
+
+
+def quantize_fp8(weight: torch.Tensor, scale_shape: Sequence[int], block: Sequence[int] | None = None, *,
+                 dtype: torch.dtype = torch.float8_e4m3fn, scale_dtype: torch.dtype = torch.float32
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, scale) with scale = max|block| / fp8 max, the layout of `scale_shape`."""
+    rows, cols = weight.shape
+    b0, b1 = scale_block(weight.shape, scale_shape, block)
+    grid_r, grid_c = -(-rows // b0), -(-cols // b1)
+    padded = torch.zeros(grid_r * b0, grid_c * b1, dtype=torch.float64)
+    padded[:rows, :cols] = weight.double()
+    amax = padded.abs().reshape(grid_r, b0, grid_c, b1).amax(dim=(1, 3))
+    fmax = torch.finfo(dtype).max
+    scale = torch.where(amax > 0, amax / fmax, torch.ones_like(amax)).to(scale_dtype)
+    q = (weight.double() / _expand(scale.double(), rows, cols, (b0, b1))).clamp(-fmax, fmax).to(dtype)
+    return q, scale.reshape(tuple(scale_shape))

@@ -1,0 +1,82 @@
+"""vLLM serves compressed checkpoints and agrees with transformers on them.
+
+Default suite: one checkpoint per family and per method (seven servers). The whole
+family x method x ratio matrix is `@pytest.mark.slow` (`make test-slow`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from harness.checkpoint import write_checkpoint
+from harness.compress import make_plan
+from harness.methods.constraints import ExpertConstraints, InfeasibleRatioError
+from harness.serving import VLLMServer, complete
+from harness.zoo import ZOO
+from tests.test_compress_cli import METHODS, RATIOS, calibrate
+
+PROMPT = "The capital of France is Paris, and the river"
+# Each family once and each method once.
+PAIRS = [("qwen3_moe", "reap"), ("mixtral", "ean"), ("ernie4_5_moe", "frequency"),
+         ("glm4_moe", "weighted_frequency"), ("deepseek_v3", "random"), ("llama4_text", "hc_smoe"),
+         ("glm4_moe_grouped", "m_smoe")]
+SLOW = [(f, m, r) for f in ZOO for m in METHODS for r in RATIOS if not (r == 0.5 and (f, m) in PAIRS)]
+
+
+@pytest.fixture(scope="module")
+def stats_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("serving-stats")
+
+
+def _stats(zoo_dir, stats_root, family):
+    path = stats_root / family
+    if not (path / "manifest.json").is_file():
+        calibrate(zoo_dir / family, path)
+    return path
+
+
+def _hf_prompt_logprobs(model_dir, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([token_ids])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
+    return logprobs[:-1].gather(1, ids[0, 1:, None])[:, 0], logprobs[-1]
+
+
+def _serve_and_compare(zoo_dir, stats_root, tmp_path, family, method, ratio):
+    source = zoo_dir / family
+    try:
+        ExpertConstraints.from_config(json.loads((source / "config.json").read_text())
+                                      ).target_count(ratio)
+    except InfeasibleRatioError:
+        pytest.skip(f"{family} cannot keep the count ratio {ratio} gives (the CLI reports it)")
+    plan = make_plan(_stats(zoo_dir, stats_root, family), method, ratio, source)
+    out = write_checkpoint(plan, source, tmp_path / f"{family}-{method}-{ratio}", progress=False).path
+    prompt_ids = AutoTokenizer.from_pretrained(out)(PROMPT).input_ids
+    name = f"{family}-{method}"
+    with VLLMServer(out, served_model_name=name, dtype="float32", max_model_len=512,
+                    log_path=tmp_path / "vllm.log") as server:
+        reply = complete(server.base_url, name, PROMPT, max_tokens=4)
+        scored = complete(server.base_url, name, PROMPT, max_tokens=1, echo=True, logprobs=1)
+    assert reply["usage"]["completion_tokens"] >= 1
+    logprobs = scored["choices"][0]["logprobs"]
+    served = torch.tensor(logprobs["token_logprobs"][1:len(prompt_ids)], dtype=torch.float64)
+    reference, next_token = _hf_prompt_logprobs(out, prompt_ids)
+    assert served.shape == reference.shape
+    assert torch.allclose(served, reference, atol=5e-3), (served - reference).abs().max()
+    assert abs(logprobs["token_logprobs"][len(prompt_ids)] - float(next_token.max())) < 5e-3
+
+
+@pytest.mark.parametrize("family, method", PAIRS)
+def test_compressed_checkpoint_is_served(zoo_dir, stats_root, tmp_path, family, method):
+    _serve_and_compare(zoo_dir, stats_root, tmp_path, family, method, 0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, method, ratio", SLOW)
+def test_every_compressed_checkpoint_is_served(zoo_dir, stats_root, tmp_path, family, method, ratio):
+    _serve_and_compare(zoo_dir, stats_root, tmp_path, family, method, ratio)

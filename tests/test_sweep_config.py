@@ -1,0 +1,99 @@
+"""Sweep files are validated as a whole before any work: every problem listed at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import SweepConfigError, load_sweep
+from harness.sweep import main
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_SWEEPS = sorted(p for p in (REPO / "sweeps").glob("*.yaml") if p.stem != "tiny")
+
+
+def _write(tmp_path: Path, body: dict) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+@pytest.fixture(scope="module")
+def grouped_glm(tmp_path_factory) -> Path:
+    from harness.zoo import build_model
+
+    return build_model("glm4_moe_grouped", tmp_path_factory.mktemp("zoo") / "glm_grouped")
+
+
+def test_invalid_config_lists_every_problem(tmp_path, grouped_glm):
+    body = {
+        "name": "broken",
+        "models": [
+            {"name": "hub-model", "path": "someorg/some-moe", "family": "not_a_family"},
+            {"name": "grouped", "path": str(grouped_glm)},
+        ],
+        "calibration": {"datasets": [{"source": "theblackcat102/evol-codealpaca-v1",
+                                      "prompt_field": "instruction", "response_field": "output"}],
+                        "samples": 8, "length": 64},
+        "methods": ["reap", "no_such_method", {"name": "random", "config": {"bogus_option": 1}}],
+        "ratios": [0.3, 1.5],
+        "tasks": ["gsm8k", "no_such_task", "wildbench_creative"],
+        "data_dir": str(tmp_path / "empty_data"),
+    }
+    (tmp_path / "empty_data").mkdir()
+    with pytest.raises(SweepConfigError) as info:
+        load_sweep(_write(tmp_path, body))
+    text = str(info.value)
+    expected = [
+        "ratios: 1.5 is outside (0, 1)",
+        "unknown method 'no_such_method'",
+        "bogus_option",
+        "unknown family 'not_a_family'",
+        "needs `experts:`",
+        "grouped): ratio 0.3",  # 16 experts in 4 groups: 0.3 keeps 11, not divisible by 4
+        "unknown task 'no_such_task'",
+        "missing data file",
+        "needs a `judge:` section",
+    ]
+    for needle in expected:
+        assert needle in text, f"{needle!r} not reported in:\n{text}"
+    assert len(info.value.problems) >= len(expected)
+
+
+def test_schema_errors_are_listed_together(tmp_path):
+    path = _write(tmp_path, {"name": "bad name!", "models": [], "tasks": [], "calibration": {"samples": 0}})
+    with pytest.raises(SweepConfigError) as info:
+        load_sweep(path)
+    assert len(info.value.problems) >= 3
+    assert any(p.startswith("models") for p in info.value.problems)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(SweepConfigError, match="file not found"):
+        load_sweep(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed\n")
+    with pytest.raises(SweepConfigError, match="not valid YAML"):
+        load_sweep(bad)
+
+
+@pytest.mark.parametrize("sweep", SEED_SWEEPS, ids=lambda p: p.stem)
+def test_seed_sweeps_dry_run_offline(sweep, capsys, monkeypatch):
+    """Every seed sweep validates and prints its plan here, with no network and nothing downloaded."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(REPO)
+    assert main([str(sweep), "--dry-run", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    cfg = load_sweep(sweep)
+    for model in cfg.models:
+        assert model.name in out
+    # baseline + methods x ratios variants, each listed
+    assert out.count("to do") + out.count("cached") >= len(cfg.methods) * len(cfg.ratios)
+
+
+def test_seed_sweeps_cover_the_paper_models():
+    names = {load_sweep(p).models[0].name for p in SEED_SWEEPS}
+    assert {"ERNIE-4.5-21B-A3B", "Qwen3-30B-A3B", "Mixtral-8x7B-Instruct-v0.1", "Llama-4-Scout-17B-16E-Instruct",
+            "GLM-4.5-Air", "Qwen3-Coder-480B-A35B-Instruct-FP8", "Kimi-K2-Instruct-W4A16"} <= names
