@@ -2,12 +2,15 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo demo-serve test test-slow lint clean
 
 setup:
 	bash scripts/setup.sh
 
 demo: setup
+	$(PY) -m harness.sweep sweeps/tiny.yaml
+
+demo-serve: setup
 	$(PY) -m harness.demo
 
 test: setup

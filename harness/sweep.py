@@ -355,7 +355,9 @@ class Runner:
                     judge = self.judge_endpoint() if task.category == "creative_writing" else None
                     out = self.store.dir("eval", key)
                     ctx = TaskContext(endpoint=endpoint, generation=self.cfg.task_generation(spec, jobs.model),
-                                      limit=spec.limit, data_dir=self.cfg.data_path, work_dir=out / "work",
+                                      limit=spec.limit, data_dir=self.cfg.data_path,
+                                      # shared by every variant: evalplus ground truth, lm-eval data caches
+                                      work_dir=self.store.root / "task_cache" / spec.name,
                                       judge=judge, progress=self.progress)
                     result = task.run(ctx)
                     _save_result(out, result)
@@ -631,6 +633,10 @@ def _summary(cfg, table, written, failed, missing, elapsed_s: float) -> None:
         print(f"\n{len(missing)} task result(s) missing; re-run to retry them.")
 
 
+def _raise_system_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="sweep YAML file")
@@ -653,6 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SweepConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # SIGTERM (a scheduler's cancel) unwinds like Ctrl-C, so vLLM servers are stopped on the way out.
+    signal.signal(signal.SIGTERM, _raise_system_exit)
     force = set(args.force)
     # Recomputing a stage recomputes what depends on it.
     for i, stage in enumerate(STAGES):

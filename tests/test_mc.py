@@ -18,7 +18,7 @@ import json
 import math
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -35,6 +35,7 @@ from harness.tasks.mc import (
     mmlu_selection,
     write_yamls,
 )
+from harness.tasks.rubric_judge import JsonHandler
 from tests.conftest import DATASETS
 
 MC_TASKS = ("arc_challenge", "arc_easy", "boolq", "hellaswag", "mmlu", "openbookqa", "rte", "winogrande")
@@ -202,19 +203,8 @@ def fake_logprob(previous: int, token: int) -> float:
     return -((previous * 7919 + token * 104729) % 997) / 97.0 - 0.01
 
 
-class FakeCompletions(BaseHTTPRequestHandler):
+class FakeCompletions(JsonHandler):
     """/v1/completions with echo + logprobs, log p(token | previous) = fake_logprob; /v1/models."""
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:
         self._send(200, {"data": [{"id": "fake", "max_model_len": 4096}]})
