@@ -154,19 +154,11 @@ class Task(ABC):
             "generation": ctx.generation.recorded(),
             "limit": ctx.limit,
             "data_dir": str(ctx.data_dir) if ctx.data_dir else None,
-            "data_sha256": {_data_name(p, ctx.data_dir): file_sha256(p) for p in files},
+            "data_sha256": {Path(p).name: file_sha256(p) for p in files},  # mc.py keys by relative path
             "endpoint_model": ctx.endpoint.model,
             "chat_template_sha256": chat_template_hash(ctx.endpoint.tokenizer),
             "tool_versions": tool_versions(),
         }
-
-
-def _data_name(path: Path, data_dir: Path | None) -> str:
-    """A data file's name in provenance: relative to the data dir (MMLU has 57 `test.jsonl`)."""
-    try:
-        return str(Path(path).relative_to(data_dir)) if data_dir else Path(path).name
-    except ValueError:
-        return Path(path).name
 
 
 def file_sha256(path: Path) -> str:
