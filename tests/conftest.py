@@ -68,3 +68,15 @@ def served_tiny(tmp_path_factory):
     with VLLMServer(model_dir, served_model_name="tiny", dtype="float32", max_model_len=2048,
                     log_path=root / "vllm.log") as server:
         yield ServedTiny(server, model_dir)
+
+
+def hf_prompt_logprobs(model_dir, token_ids: list[int]):
+    """log p(token_i | tokens_<i) and the next-token distribution, from transformers (the reference)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([token_ids])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
+    return logprobs[:-1].gather(1, ids[0, 1:, None])[:, 0], logprobs[-1]

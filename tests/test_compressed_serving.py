@@ -10,13 +10,14 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from harness.checkpoint import write_checkpoint
 from harness.compress import make_plan
 from harness.methods.constraints import ExpertConstraints, InfeasibleRatioError
 from harness.serving import VLLMServer, complete
 from harness.zoo import ZOO
+from tests.conftest import hf_prompt_logprobs
 from tests.test_compress_cli import METHODS, RATIOS, calibrate
 
 PROMPT = "The capital of France is Paris, and the river"
@@ -39,14 +40,6 @@ def _stats(zoo_dir, stats_root, family):
     return path
 
 
-def _hf_prompt_logprobs(model_dir, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ids = torch.tensor([token_ids])
-    with torch.no_grad():
-        logprobs = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
-    return logprobs[:-1].gather(1, ids[0, 1:, None])[:, 0], logprobs[-1]
-
-
 def _serve_and_compare(zoo_dir, stats_root, tmp_path, family, method, ratio):
     source = zoo_dir / family
     try:
@@ -65,7 +58,7 @@ def _serve_and_compare(zoo_dir, stats_root, tmp_path, family, method, ratio):
     assert reply["usage"]["completion_tokens"] >= 1
     logprobs = scored["choices"][0]["logprobs"]
     served = torch.tensor(logprobs["token_logprobs"][1:len(prompt_ids)], dtype=torch.float64)
-    reference, next_token = _hf_prompt_logprobs(out, prompt_ids)
+    reference, next_token = hf_prompt_logprobs(out, prompt_ids)
     assert served.shape == reference.shape
     assert torch.allclose(served, reference, atol=5e-3), (served - reference).abs().max()
     assert abs(logprobs["token_logprobs"][len(prompt_ids)] - float(next_token.max())) < 5e-3

@@ -8,10 +8,11 @@ import time
 import psutil
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from harness.serving import ServerError, VLLMServer, chat, complete, explain_failure, sanity_check
 from harness.zoo import ZOO
+from tests.conftest import hf_prompt_logprobs
 
 PROMPT = "The capital of France is Paris, and the river"
 
@@ -24,15 +25,6 @@ def _gone(pids: list[int]) -> bool:
         except psutil.NoSuchProcess:
             continue
     return True
-
-
-def _hf_prompt_logprobs(model_dir, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(token_i | tokens_<i) and the next-token distribution, from transformers (the reference)."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ids = torch.tensor([token_ids])
-    with torch.no_grad():
-        logprobs = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
-    return logprobs[:-1].gather(1, ids[0, 1:, None])[:, 0], logprobs[-1]
 
 
 # qwen3_moe in the default suite; every other family is served in the default suite as a compressed
@@ -68,7 +60,7 @@ def test_family_is_served(zoo_dir, family, tmp_path):
     logprobs = scored["choices"][0]["logprobs"]
     assert logprobs["token_logprobs"][0] is None
     served = torch.tensor(logprobs["token_logprobs"][1:len(prompt_ids)], dtype=torch.float64)
-    reference, next_token = _hf_prompt_logprobs(model_dir, prompt_ids)
+    reference, next_token = hf_prompt_logprobs(model_dir, prompt_ids)
     assert served.shape == reference.shape
     assert torch.allclose(served, reference, atol=5e-3), (served - reference).abs().max()
     # The greedy continuation is transformers' most likely next token.
