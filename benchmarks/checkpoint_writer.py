@@ -8,7 +8,9 @@ resident memory (VmHWM) is read at its end:
   copy      shutil.copyfile of every shard (the bar: goal >= 0.5x its bytes/s)
   identity  the 0 % plan
   prune     REAP-like 50 % pruning plan (every other expert)
-  merge     50 % merging plan (pairs, neuron alignment as in M-SMoE)
+  merge     50 % merging plan (pairs, frequency-weighted average as in HC-SMoE)
+  merge+align  the same pairs with M-SMoE's neuron alignment (one 2-thread linear
+            assignment per member: compute, not I/O, bounds this one)
 Throughput is bytes written per second relative to the copy's; memory is the peak relative
 to the largest shard (goal <= 1.5x), also shown above the interpreter's own footprint
 (python + torch + the harness imported, nothing done).
@@ -72,11 +74,14 @@ def make_plans(num_experts: int, layers: list[int], out_dir: Path) -> dict[str, 
     prune = Plan(method="bench_prune", ratio=0.5, kind="prune", layers={
         i: LayerPlan(num_experts=num_experts, groups=[ExpertGroup.single(j) for j in range(0, num_experts, 2)])
         for i in layers})
-    merge = Plan(method="bench_merge", ratio=0.5, kind="merge", layers={
-        i: LayerPlan(num_experts=num_experts, groups=[ExpertGroup(members=[j, j + 1], weights=[0.6, 0.4], align=True)
-                                                      for j in range(0, num_experts, 2)])
-        for i in layers})
-    plans = {"identity": Plan.identity(dict.fromkeys(layers, num_experts)), "prune": prune, "merge": merge}
+    def merge(align: bool) -> Plan:
+        return Plan(method="bench_merge", ratio=0.5, kind="merge", layers={i: LayerPlan(
+            num_experts=num_experts,
+            groups=[ExpertGroup(members=[j, j + 1], weights=[0.6, 0.4], align=align) for j in range(0, num_experts, 2)])
+            for i in layers})
+
+    plans = {"identity": Plan.identity(dict.fromkeys(layers, num_experts)), "prune": prune, "merge": merge(False),
+             "merge+align": merge(True)}
     return {name: plan.save(out_dir / f"{name}.json") for name, plan in plans.items()}
 
 
@@ -135,10 +140,10 @@ def main() -> None:
         baseline = run_child("baseline", source, root / "none")["peak_mb"]
         print(f"source: qwen3_moe scaled, {len(shards)} shards, {total:.0f} MB, largest shard {largest:.0f} MB; "
               f"interpreter + imports alone: {baseline:.0f} MB")
-        print(f"{'task':9s} {'seconds':>8s} {'MB written':>10s} {'MB/s':>8s} {'vs copy':>8s} {'peak MB':>8s} "
+        print(f"{'task':11s} {'seconds':>8s} {'MB written':>10s} {'MB/s':>8s} {'vs copy':>8s} {'peak MB':>8s} "
               f"{'/shard':>7s} {'above base':>10s}")
         results = {}
-        for task in ["copy", "identity", "prune", "merge"]:
+        for task in ["copy", "identity", "prune", "merge", "merge+align"]:
             runs = [run_child("copy" if task == "copy" else str(plans[task]), source, root / "out")
                     for _ in range(args.repeats)]
             best = min(runs, key=lambda r: r["seconds"])
@@ -146,7 +151,7 @@ def main() -> None:
             results[task] = best
             rate = best["bytes"] / 2**20 / best["seconds"]
             copy_rate = results["copy"]["bytes"] / 2**20 / results["copy"]["seconds"]
-            print(f"{task:9s} {best['seconds']:8.2f} {best['bytes'] / 2**20:10.0f} {rate:8.0f} "
+            print(f"{task:11s} {best['seconds']:8.2f} {best['bytes'] / 2**20:10.0f} {rate:8.0f} "
                   f"{rate / copy_rate:7.2f}x {best['peak_mb']:8.0f} {best['peak_mb'] / largest:6.2f}x "
                   f"{(best['peak_mb'] - baseline) / largest:9.2f}x")
         print("goals: writer >= 0.5x copy speed; peak <= 1.5x one shard")

@@ -636,39 +636,73 @@ def _logical_numel(key: str, info: TensorInfo, tensors: dict[str, TensorInfo]) -
     return info.numel
 
 
-def _digest(parts: list[tuple[str, Path, int, int]], full: bool) -> bytes:
-    """Content identity of one expert's tensors; the cheap form reads 4 KiB at each end of each."""
+_Part = tuple[str, Path, int, int]  # (tensor name, file, first byte, end byte)
+
+
+def _cheap_digest(parts: list[_Part]) -> bytes:
+    """Names, sizes and 4 KiB at each end of each tensor: equal for identical experts, rarely for others."""
     digest = hashlib.blake2b(digest_size=20)
     for name, path, start, end in parts:
         digest.update(f"{name}:{end - start};".encode())
         with open(path, "rb") as handle:
-            spans = [(start, end)] if full or end - start <= 8192 else [(start, start + 4096), (end - 4096, end)]
-            for a, b in spans:
+            for a, b in [(start, end)] if end - start <= 8192 else [(start, start + 4096), (end - 4096, end)]:
                 handle.seek(a)
-                while a < b:
-                    chunk = handle.read(min(b - a, 16 << 20))
-                    if not chunk:
-                        raise CheckpointError(f"{path} is truncated: tensor {name} ends at byte {end}, "
-                                              f"the file at {a}")
-                    digest.update(chunk)
-                    a += len(chunk)
+                chunk = handle.read(b - a)
+                if len(chunk) != b - a:
+                    raise CheckpointError(f"{path} is truncated: tensor {name} ends at byte {end}, "
+                                          f"the file at {a + len(chunk)}")
+                digest.update(chunk)
     return digest.digest()
 
 
-def _distinct(experts: dict[int, list[tuple[str, Path, int, int]]]) -> list[int]:
-    """One representative per group of byte-identical experts."""
+class _Bytes:
+    """Byte-by-byte comparison of tensors in the checkpoint's files, a few MiB at a time.
+
+    (Plain reads, not memory maps: mapped pages would count as this process's memory.)
+    """
+
+    CHUNK = 8 << 20
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+
+    def _fd(self, path: Path) -> int:
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        return self._fds[path]
+
+    def same(self, a: list[_Part], b: list[_Part]) -> bool:
+        if [(n, e - s) for n, _, s, e in a] != [(n, e - s) for n, _, s, e in b]:
+            return False
+        for (_, pa, sa, ea), (_, pb, sb, _eb) in zip(a, b, strict=True):
+            for offset in range(0, ea - sa, self.CHUNK):
+                n = min(self.CHUNK, ea - sa - offset)
+                if os.pread(self._fd(pa), n, sa + offset) != os.pread(self._fd(pb), n, sb + offset):
+                    return False
+        return True
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _distinct(experts: dict[int, list[_Part]]) -> list[int]:
+    """One representative per group of byte-identical experts (candidates by cheap digest, then compared)."""
     by_cheap: dict[bytes, list[int]] = {}
     for j, parts in sorted(experts.items()):
-        by_cheap.setdefault(_digest(parts, full=False), []).append(j)
+        by_cheap.setdefault(_cheap_digest(parts), []).append(j)
+    files = _Bytes()
     keep = []
-    for same in by_cheap.values():
-        if len(same) == 1:
-            keep += same
-            continue
-        seen: dict[bytes, int] = {}
-        for j in same:
-            seen.setdefault(_digest(experts[j], full=True), j)
-        keep += seen.values()
+    try:
+        for same in by_cheap.values():
+            representatives: list[int] = []
+            for j in same:
+                if not any(files.same(experts[r], experts[j]) for r in representatives):
+                    representatives.append(j)
+            keep += representatives
+    finally:
+        files.close()
     return sorted(keep)
 
 
@@ -678,7 +712,7 @@ def parameter_counts(model_dir: str | Path) -> ParameterCounts:
     arch = get_arch(model_dir)
     layout = ExpertLayout(arch, ckpt.tensors)
     dense = extra = 0
-    parts: dict[int, dict[int, list[tuple[str, Path, int, int]]]] = {}
+    parts: dict[int, dict[int, list[_Part]]] = {}
     sizes: dict[int, dict[int, int]] = {}
     for key, info in ckpt.tensors.items():
         role = layout.role(key)

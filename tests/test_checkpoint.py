@@ -514,3 +514,26 @@ def test_plans_that_do_not_fit_fail_before_writing(zoo_dir, tmp_path):
         write_checkpoint(Plan.identity({i: 8 for i in (0, 1, 2)}), zoo_dir / "qwen3_moe", out, progress=False,
                          materialisation="collapsed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_distinct_experts_are_found_by_their_bytes_not_their_ends(tmp_path):
+    """Experts that agree in their first and last 4 KiB (the cheap digest) but not in between count apart;
+    byte-identical ones, in another file and at another offset, count once."""
+    from harness.checkpoint import _distinct
+
+    base = torch.arange(8192, dtype=torch.float32)  # 32 KiB: the middle is outside the cheap digest
+    middle = base.clone()
+    middle[4096] += 1
+    save_file({"a": base, "b": middle}, str(tmp_path / "one.safetensors"))
+    save_file({"pad": torch.zeros(3), "c": base.clone()}, str(tmp_path / "two.safetensors"))
+    parts = {}
+    for file in ("one", "two"):
+        path = tmp_path / f"{file}.safetensors"
+        header_len = int.from_bytes(path.read_bytes()[:8], "little")
+        header = json.loads(path.read_bytes()[8:8 + header_len])
+        for key, meta in header.items():
+            if key in ("a", "b", "c"):
+                start, end = (8 + header_len + x for x in meta["data_offsets"])
+                parts[key] = [("down", path, start, end)]
+    assert _distinct({0: parts["a"], 1: parts["b"], 2: parts["c"]}) == [0, 1]
+    assert _distinct({0: parts["b"], 1: parts["a"], 2: parts["c"]}) == [0, 1]
