@@ -34,6 +34,7 @@ import torch
 
 from harness.archs import get_arch, read_config
 from harness.archs.base import ExpertWeights, MoEArch
+from harness.atomic import make_temp_dir
 from harness.merging import FP8_DTYPES, dequantize_fp8, merge_experts, quantize_fp8
 from harness.plan import ExpertGroup, Plan
 
@@ -559,7 +560,7 @@ def _write_shard(path: Path, outputs: list[Output], metadata: dict[str, str], fd
     header["__metadata__"] = metadata
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # minus the umask
     try:
         _write_all(fd, memoryview(len(blob).to_bytes(8, "little") + blob))
         for out in outputs:
@@ -618,10 +619,13 @@ def _write_shards(job: _Job, src: SafetensorsCheckpoint, out_dir: Path, progress
 class ParameterCounts:
     """Logical parameters (packed int4 counted unpacked; quantisation scales are not parameters)."""
 
-    total: int  # every stored parameter, each distinct routed expert once
+    total: int  # every parameter of the decoder, each distinct routed expert once
     activated: int  # per token: everything but the routed experts, plus top_k routed experts per MoE layer
     routed_experts: int  # distinct routed experts over all MoE layers
     routed_slots: int  # router slots over all MoE layers
+    # Layers stored beyond num_hidden_layers (multi-token prediction): not part of the served model and
+    # not written into compressed checkpoints, so left out of `total` for the baseline and the variants alike.
+    extra_layers: int = 0
 
 
 def _logical_numel(key: str, info: TensorInfo, tensors: dict[str, TensorInfo]) -> int:
@@ -734,14 +738,15 @@ def parameter_counts(model_dir: str | Path) -> ParameterCounts:
             extra += numel
         else:
             dense += numel
-    total, activated, distinct, slots = dense + extra, dense, 0, 0
+    total, activated, distinct, slots = dense, dense, 0, 0
     for layer, experts in parts.items():
         keep = _distinct(experts)
         total += sum(sizes[layer][j] for j in keep)
         activated += arch.top_k * max(sizes[layer].values())
         distinct += len(keep)
         slots += len(experts)
-    return ParameterCounts(total=total, activated=activated, routed_experts=distinct, routed_slots=slots)
+    return ParameterCounts(total=total, activated=activated, routed_experts=distinct, routed_slots=slots,
+                           extra_layers=extra)
 
 
 def count_parameters(model_dir: str | Path) -> tuple[int, int]:
@@ -777,7 +782,7 @@ def _copy_side_files(source: Path, out: Path) -> list[str]:
     copied = []
     for path in sorted(source.iterdir()):
         if path.is_file() and path.name not in _REGENERATED and not path.name.endswith(_WEIGHT_SUFFIXES):
-            shutil.copy2(path, out / path.name)
+            shutil.copyfile(path, out / path.name)  # new file: the umask decides its mode
             copied.append(path.name)
     return copied
 
@@ -846,7 +851,7 @@ def write_checkpoint(plan: Plan, source: str | Path, out: str | Path, *, materia
     if clash:
         raise ValueError(f"recipe_extra may not override {clash}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.tmp-")
     try:
         weight_map = _write_shards(job, src, tmp, progress)
         total_size = sum(o.nbytes for o in job.outputs)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from harness.calibration.data import CalibrationSpec
+from harness.hub import HubAccess, ModelSource
 from harness.tasks.base import Endpoint, GenerationSettings
 
 
@@ -67,14 +68,9 @@ class ModelSpec(Strict):
     experts: ExpertLayout | None = None
     serving: ServingOptions = Field(default_factory=ServingOptions)
     chat_template_kwargs: dict[str, Any] | None = None  # overrides the generation default
-    calibration_dtype: str = "auto"
-
-    def is_local(self, base: Path) -> bool:
-        return self.resolve_path(base).is_dir()
-
-    def resolve_path(self, base: Path) -> Path:
-        path = Path(self.path).expanduser()
-        return path if path.is_absolute() else (base / path)
+    # The dtype calibration computes in ("auto": the checkpoint's, bfloat16 for quantised weights).
+    # Part of the calibration key: the statistics change with it.
+    calibration_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     @property
     def slug(self) -> str:
@@ -104,14 +100,17 @@ class JudgeSpec(Strict):
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
-    serve: str | None = Field(None, description="'rubric' starts the deterministic toy rubric judge")
+    serve: str | None = Field(None, description="'rubric' starts the deterministic toy rubric judge; "
+                                                "'stand_in' a judge that answers any prompt (rehearsals)")
 
     @model_validator(mode="after")
     def _one_kind(self) -> JudgeSpec:
+        from harness.tasks.rubric_judge import LOCAL_JUDGES
+
         if self.serve is None and not (self.base_url and self.model):
             raise ValueError("judge needs base_url and model, or serve: rubric")
-        if self.serve is not None and self.serve != "rubric":
-            raise ValueError(f"judge.serve must be 'rubric', got {self.serve!r}")
+        if self.serve is not None and self.serve not in LOCAL_JUDGES:
+            raise ValueError(f"judge.serve must be one of {', '.join(LOCAL_JUDGES)}, got {self.serve!r}")
         return self
 
 
@@ -147,6 +146,17 @@ class SweepConfig(Strict):
 
     # Relative paths in the file are relative to this folder (the working directory at load time).
     _base: Path = PrivateAttr(default_factory=Path.cwd)
+    # Which Hugging Face cache and whether the hub may be asked; each model as validation resolved it.
+    _hub: HubAccess = PrivateAttr(default_factory=HubAccess)
+    _sources: dict[str, ModelSource] = PrivateAttr(default_factory=dict)
+
+    @property
+    def hub(self) -> HubAccess:
+        return self._hub
+
+    def source(self, model: ModelSpec) -> ModelSource:
+        """The model as validation resolved it (local directory, or hub id at a commit)."""
+        return self._sources[model.name]
 
     @property
     def base(self) -> Path:
@@ -204,40 +214,43 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
 
 
 def _model_problems(cfg: SweepConfig, model: ModelSpec, index: int) -> list[str]:
+    """Resolve the model (local directory, or hub id -> commit in the cache or on the hub) and check its layout."""
     from harness.archs import REGISTRY as FAMILIES
     from harness.archs import get_arch, read_config
+    from harness.hub import ModelUnavailableError, looks_local, resolve
     from harness.methods.constraints import ExpertConstraints, InfeasibleRatioError
 
     where = f"models[{index}] ({model.name})"
     problems: list[str] = []
     layout = model.experts
-    local = model.resolve_path(cfg.base)
-    if local.is_dir():
+    if model.family is not None and model.family not in FAMILIES:
+        return [f"{where}: unknown family {model.family!r}; supported: {', '.join(FAMILIES)}"]
+    try:
+        source = resolve(model.path, model.revision, cfg.base, cfg.hub)
+    except ModelUnavailableError as exc:
+        problems.append(f"{where}: {exc}")
+        source = None
+    if source is not None:
+        cfg._sources[model.name] = source
         try:
-            config = read_config(local)
-            arch = get_arch(config)
+            arch = get_arch(read_config(source.metadata_dir))
         except (FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
             return [f"{where}: {exc}"]
         if model.family and model.family != arch.model_type:
             problems.append(f"{where}: family {model.family!r} but config.json says {arch.model_type!r}")
         constraints = ExpertConstraints.from_arch(arch)
-        if layout and layout.num_experts != constraints.num_experts:
-            problems.append(f"{where}: experts.num_experts {layout.num_experts} but config.json has "
-                            f"{constraints.num_experts}")
-    elif Path(model.path).is_absolute() or model.path.startswith((".", "~")):
-        return [f"{where}: local model directory {local} does not exist"]
-    else:  # a hub id: nothing to read offline, so the layout must be declared
-        if model.family is None:
-            problems.append(f"{where}: hub model {model.path!r} needs `family:` (one of {', '.join(FAMILIES)})")
-        elif model.family not in FAMILIES:
-            problems.append(f"{where}: unknown family {model.family!r}; supported: {', '.join(FAMILIES)}")
-        if layout is None:
-            if cfg.methods:
-                problems.append(f"{where}: hub model {model.path!r} needs `experts:` (num_experts, top_k, "
-                                "n_group) so ratios can be checked before download")
+        if layout and (layout.num_experts, layout.top_k, layout.n_group) != (
+                constraints.num_experts, constraints.top_k, constraints.n_group):
+            problems.append(f"{where}: experts: declares {layout.num_experts} experts, top_k {layout.top_k}, "
+                            f"n_group {layout.n_group} but config.json has {constraints.num_experts}, "
+                            f"{constraints.top_k}, {constraints.n_group}")
+    elif looks_local(model.path):
+        return problems
+    else:  # unavailable hub model: still check what its declaration allows, so every problem is listed once
+        if model.family is None or layout is None:
             return problems
-        constraints = ExpertConstraints(num_experts=layout.num_experts, top_k=layout.top_k,
-                                        n_group=layout.n_group, topk_group=layout.topk_group)
+        constraints = ExpertConstraints.for_family(model.family, num_experts=layout.num_experts, top_k=layout.top_k,
+                                                   n_group=layout.n_group, topk_group=layout.topk_group)
     for ratio in cfg.ratios:
         if not 0 < ratio < 1:
             continue
@@ -245,7 +258,24 @@ def _model_problems(cfg: SweepConfig, model: ModelSpec, index: int) -> list[str]
             constraints.target_count(ratio)
         except InfeasibleRatioError as exc:
             problems.append(f"{where}: ratio {ratio}: {exc}")
+    if source is not None and cfg.methods:
+        problems += [f"{where}: calibration: {p}" for p in _calibration_data_problems(cfg, source)]
     return problems
+
+
+def _calibration_data_problems(cfg: SweepConfig, source) -> list[str]:
+    """Too few records or tokens in a local calibration file, found before calibration starts."""
+    from harness.calibration.data import data_problems
+
+    if not any(ds.is_local for ds in cfg.calibration.datasets):
+        return []
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.metadata_dir)
+    except Exception as exc:  # noqa: BLE001 — reported, not raised: validation lists every problem
+        return [f"the tokenizer could not be loaded from {source.metadata_dir}: {exc}"]
+    return data_problems(cfg.calibration, tokenizer)
 
 
 def validate(cfg: SweepConfig) -> list[str]:
@@ -304,16 +334,17 @@ def validate(cfg: SweepConfig) -> list[str]:
             problems.append(f"tasks ({spec.name}): a judged task needs a `judge:` section "
                             "(base_url + model [+ api_key_env], or serve: rubric)")
         # The sweep gives every task the served model's tokenizer and the judge; readiness is about data.
+        first = cfg._sources.get(cfg.models[0].name) if cfg.models else None
         placeholder = Endpoint(base_url="http://validation.invalid/v1", model="validation",
-                               tokenizer=cfg.models[0].path if cfg.models else None)
+                               tokenizer=str(first.metadata_dir) if first else cfg.models[0].path)
         judge = placeholder if cfg.judge is not None else None
         ctx = TaskContext(endpoint=placeholder, data_dir=data_dir, judge=judge)
         problems += task.check_ready(ctx)
     return problems
 
 
-def load_sweep(path: str | Path, base: Path | None = None) -> SweepConfig:
-    """Parse and validate a sweep file; raises SweepConfigError listing every problem."""
+def read_sweep_file(path: str | Path) -> dict[str, Any]:
+    """The sweep file's YAML mapping (name defaulting to the file's stem)."""
     path = Path(path)
     if not path.is_file():
         raise SweepConfigError(str(path), ["file not found"])
@@ -324,11 +355,21 @@ def load_sweep(path: str | Path, base: Path | None = None) -> SweepConfig:
     if not isinstance(raw, dict):
         raise SweepConfigError(str(path), ["the top level must be a mapping"])
     raw.setdefault("name", path.stem)
+    return raw
+
+
+def load_sweep(path: str | Path, base: Path | None = None, hub: HubAccess | None = None,
+               raw: dict[str, Any] | None = None) -> SweepConfig:
+    """Parse and validate a sweep file (or its already-read mapping `raw`); raises SweepConfigError
+    listing every problem. `hub` chooses the Hugging Face cache and offline mode (default: the environment's)."""
+    if raw is None:
+        raw = read_sweep_file(path)
     try:
         cfg = SweepConfig(**raw)
     except ValidationError as exc:
         raise SweepConfigError(str(path), _pydantic_problems(exc)) from None
     cfg._base = (base or Path.cwd()).resolve()
+    cfg._hub = hub or HubAccess()
     problems = validate(cfg)
     if problems:
         raise SweepConfigError(str(path), problems)

@@ -49,8 +49,13 @@ class Store:
     def is_done(self, stage: str, key: str) -> bool:
         return (self.dir(stage, key) / "done.json").is_file()
 
-    def mark_done(self, stage: str, key: str, meta: dict[str, Any] | None = None) -> None:
-        write_json(self.dir(stage, key) / "done.json", {"stage": stage, "key": key, **(meta or {})})
+    def mark_done(self, stage: str, key: str, meta: dict[str, Any] | None = None,
+                  settings: dict[str, Any] | None = None) -> None:
+        """Written last: the stage's output is complete. `settings` are what was hashed into `key`."""
+        record = {"stage": stage, "key": key, **(meta or {})}
+        if settings is not None:
+            record["settings"] = settings
+        write_json(self.dir(stage, key) / "done.json", record)
         self.clear_failure(stage, key)
 
     def done_meta(self, stage: str, key: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import harness
 from harness.config import MethodSpec, ModelSpec, SweepConfig, SweepConfigError, TaskSpec, expand_task_names, load_sweep
+from harness.hub import ModelSource
 from harness.store import STAGES, Store, stage_key, write_json
 
 log = logging.getLogger("harness.sweep")
@@ -63,10 +64,15 @@ class Variant:
 @dataclass
 class ModelJobs:
     model: ModelSpec
-    fingerprint: dict[str, Any]
+    source: ModelSource
+    calibration_settings: dict[str, Any]
     calibration_key: str
     needs: set[str]
     variants: list[Variant]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.source.identity
 
 
 @dataclass
@@ -112,15 +118,12 @@ def _data_checksums(cfg: SweepConfig, task) -> dict[str, str]:
 
 
 def build_grid(cfg: SweepConfig, filters: Filters) -> tuple[list[ModelJobs], list[TaskSpec]]:
-    """Every variant and its stage keys; reads no weights."""
-    from harness.archs import get_arch
-    from harness.calibration.checkpoint_io import model_fingerprint
-    from harness.calibration.data import spec_fingerprint
-    from harness.calibration.run import calibration_key
+    """Every variant and its stage keys; reads configs, never weights."""
+    from harness.archs import get_arch, read_config
+    from harness.calibration.run import calibration_settings_for
     from harness.tasks import get_task_class
 
     tasks = [t for t in expand_task_names(cfg.tasks) if not filters.tasks or t.name in filters.tasks]
-    data_fp = spec_fingerprint(cfg.calibration)
     method_info = {m.result_name: _method_settings(m) for m in cfg.methods}
     needs = set().union(*(n for _, n in method_info.values())) if method_info else set()
     task_info = {}
@@ -131,10 +134,13 @@ def build_grid(cfg: SweepConfig, filters: Filters) -> tuple[list[ModelJobs], lis
 
     jobs = []
     for model in cfg.models:
-        path = model.resolve_path(cfg.base)
-        fingerprint = model_fingerprint(path if path.is_dir() else model.path, model.revision)
-        calib_key = calibration_key(fingerprint, data_fp, mean_out="mean_out" in needs,
-                                    router_similarity="router_similarity" in needs)
+        source = cfg.source(model)
+        calib_settings = calibration_settings_for(source, cfg.calibration, mean_out="mean_out" in needs,
+                                                  router_similarity="router_similarity" in needs,
+                                                  dtype=model.calibration_dtype)
+        calib_key = stage_key("calibration", calib_settings)
+        if model.family is None:
+            model = model.model_copy(update={"family": get_arch(read_config(source.metadata_dir)).model_type})
         variants = [Variant(model, None, 0.0)] if cfg.baseline else []
         variants += [Variant(model, m, r) for m in cfg.methods for r in cfg.ratios]
         variants = [v for v in variants if filters.keep(v)]
@@ -145,20 +151,16 @@ def build_grid(cfg: SweepConfig, filters: Filters) -> tuple[list[ModelJobs], lis
                                                 "config": config, "ratio": v.ratio})
                 v.checkpoint_key = stage_key("checkpoint", {"plan": v.plan_key,
                                                             "materialisation": cfg.materialisation})
-            source = v.checkpoint_key or stage_key("source", {"model": fingerprint})
+            source_key = v.checkpoint_key or stage_key("source", {"model": source.identity})
             for spec in tasks:
                 task, checksums = task_info[spec.name]
                 v.eval_keys[spec.name] = stage_key("eval", {
-                    "model": source, "task": spec.name, "options": task.options.model_dump(mode="json"),
+                    "model": source_key, "task": spec.name, "options": task.options.model_dump(mode="json"),
                     "limit": spec.limit, "generation": cfg.task_generation(spec, model).recorded(),
                     "serving": model.serving.output_affecting(), "data": checksums,
                     "judge": judge if task.category == "creative_writing" else None,
                 })
-        if model.family is None and path.is_dir():
-            model = model.model_copy(update={"family": get_arch(path).model_type})
-            for v in variants:
-                v.model = model
-        jobs.append(ModelJobs(model, fingerprint, calib_key, needs, variants))
+        jobs.append(ModelJobs(model, source, calib_settings, calib_key, needs, variants))
     return jobs, tasks
 
 
@@ -212,26 +214,25 @@ class Runner:
 
     # stages ------------------------------------------------------------------------------------
     def source_dir(self, model: ModelSpec) -> Path:
-        path = model.resolve_path(self.cfg.base)
-        if path.is_dir():
-            return path
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(model.path, revision=model.revision))
+        """The model's checkpoint on local disk (a hub model is downloaded into the cache on first use)."""
+        return self.cfg.source(model).directory()
 
     def calibrate(self, jobs: ModelJobs) -> Path:
-        from harness.calibration.run import run_calibration
+        from harness.calibration.run import stored_calibration
 
-        out = self.store.dir("calibration", jobs.calibration_key)
-        if (out / "manifest.json").is_file() and "calibration" not in self.force:
+        key = jobs.calibration_key
+        out = self.store.dir("calibration", key)
+        if self.store.is_done("calibration", key) and "calibration" not in self.force:
             return out
-        with self.job("calibration", jobs.calibration_key, jobs.model.name):
-            run_calibration(self.source_dir(jobs.model), self.cfg.calibration, self.store.root / "calibration",
-                            batch_size=self.cfg.calibration_batch_size, mean_out="mean_out" in jobs.needs,
-                            router_similarity="router_similarity" in jobs.needs,
-                            sequential=self.cfg.sequential_calibration, progress=self.progress,
-                            force="calibration" in self.force)
-            self.store.event("computed", stage="calibration", key=jobs.calibration_key, model=jobs.model.name)
+        with self.job("calibration", key, jobs.model.name):
+            computed, out = stored_calibration(
+                self.store, jobs.source, self.cfg.calibration, mean_out="mean_out" in jobs.needs,
+                router_similarity="router_similarity" in jobs.needs, dtype=jobs.model.calibration_dtype,
+                sequential=self.cfg.sequential_calibration, batch_size=self.cfg.calibration_batch_size,
+                progress=self.progress, force="calibration" in self.force)
+            if computed != key:  # one key function for the grid and the stage: a mismatch is a bug
+                raise RuntimeError(f"calibration stored under {computed}, but the grid expects {key}")
+            self.store.event("computed", stage="calibration", key=key, model=jobs.model.name)
         self._kill_point("calibration")
         return out
 
@@ -248,7 +249,7 @@ class Runner:
             self.store.reset("plan", variant.plan_key)
         with self.job("plan", variant.plan_key, variant.label):
             stats = CalibrationStatistics.load(calib_dir)
-            constraints = ExpertConstraints.from_arch(get_arch(self.source_dir(jobs.model)))
+            constraints = ExpertConstraints.from_arch(get_arch(jobs.source.metadata_dir))
             method = get_method(variant.method.name, variant.method.config)
             plan = method.plan(stats, variant.ratio, constraints, calibration_key=jobs.calibration_key)
             plan.save(path)
@@ -283,7 +284,7 @@ class Runner:
     def source_params(self, jobs: ModelJobs) -> dict[str, int]:
         from harness.checkpoint import count_parameters
 
-        key = stage_key("params", {"model": jobs.fingerprint})
+        key = stage_key("params", {"model": jobs.identity})
         if not self.store.is_done("params", key):
             total, activated = count_parameters(self.source_dir(jobs.model))
             self.store.mark_done("params", key, {"total_params": total, "activated_params": activated})
@@ -296,9 +297,9 @@ class Runner:
         if not self.cfg.judge.serve:
             return self.cfg.judge_endpoint()
         if self._judge_server is None:
-            from harness.tasks.rubric_judge import RubricJudge
+            from harness.tasks.rubric_judge import LOCAL_JUDGES, RubricJudge
 
-            self._judge_server = RubricJudge().start()
+            self._judge_server = RubricJudge(reply=LOCAL_JUDGES[self.cfg.judge.serve]).start()
         return self._judge_server.endpoint()
 
     def close(self) -> None:
@@ -436,7 +437,7 @@ def collect_results(cfg: SweepConfig, store: Store, jobs: list[ModelJobs], tasks
         family = mj.model.family or ""
         for v in mj.variants:
             if v.method is None:
-                key = stage_key("params", {"model": mj.fingerprint})
+                key = stage_key("params", {"model": mj.identity})
                 params = store.done_meta("params", key) if store.is_done("params", key) else {}
             else:
                 params = store.done_meta("checkpoint", v.checkpoint_key) \
@@ -537,8 +538,8 @@ def dry_run(cfg: SweepConfig, store: Store, jobs: list[ModelJobs], tasks: list[T
           f"{len(tasks)} task(s); work dir {store.root}")
     for mj in jobs:
         compressed = any(v.method for v in mj.variants)
-        calib_done = (store.dir("calibration", mj.calibration_key) / "manifest.json").is_file()
-        print(f"\n{mj.model.name} ({mj.model.path})")
+        calib_done = store.is_done("calibration", mj.calibration_key)
+        print(f"\n{mj.model.name} ({mj.source.describe()})")
         if compressed:
             extras = ", ".join(sorted(mj.needs)) or "routed statistics only"
             print(f"  calibration {mj.calibration_key} [{mark(calib_done)}] ({extras})")

@@ -332,6 +332,42 @@ def build_model(name: str, out_dir: str | Path, seed: int = SEED,
     return out
 
 
+def add_mtp_layers(model_dir: str | Path, count: int = 1, seed: int = SEED) -> list[str]:
+    """Append `count` multi-token-prediction layers, stored as GLM-4.5 and DeepSeek-V3 store theirs.
+
+    The hub checkpoints of those families keep their MTP modules as extra decoder layers
+    (`model.layers.<num_hidden_layers + i>.*`: a full decoder layer plus `eh_proj`, `enorm`, `hnorm`,
+    `shared_head.{norm,head}`), which transformers and vLLM skip when they build the model. Here each
+    is a seeded copy-shaped decoder layer; the config gets `num_nextn_predict_layers`. Returns the new keys.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = Path(model_dir)
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    layers, hidden = int(config["num_hidden_layers"]), int(config["hidden_size"])
+    single = out / "model.safetensors"
+    tensors = load_file(str(single))
+    generator = torch.Generator().manual_seed(seed)
+    template = f"model.layers.{layers - 1}."
+    added: dict[str, torch.Tensor] = {}
+    for i in range(count):
+        prefix = f"model.layers.{layers + i}."
+        for key, tensor in tensors.items():
+            if key.startswith(template):
+                noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32) * 0.02
+                added[prefix + key[len(template):]] = (tensor.float() + noise).to(tensor.dtype).contiguous()
+        added[prefix + "eh_proj.weight"] = torch.randn(hidden, 2 * hidden, generator=generator) * 0.02
+        for name in ("enorm.weight", "hnorm.weight", "shared_head.norm.weight"):
+            added[prefix + name] = torch.ones(hidden)
+        added[prefix + "shared_head.head.weight"] = tensors["lm_head.weight"].clone()
+    save_file({**tensors, **added}, str(single), metadata={"format": "pt"})
+    config["num_nextn_predict_layers"] = count
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return sorted(added)
+
+
 def build_zoo(root: str | Path, families: list[str] | None = None, seed: int = SEED) -> dict[str, Path]:
     """Build several zoo models under root/<family>; returns their directories."""
     names = families or list(ZOO)

@@ -9,6 +9,8 @@ import psutil
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No test may reach the network: hub ids resolve from (fake) Hugging Face caches only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"

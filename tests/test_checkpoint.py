@@ -537,3 +537,27 @@ def test_distinct_experts_are_found_by_their_bytes_not_their_ends(tmp_path):
                 parts[key] = [("down", path, start, end)]
     assert _distinct({0: parts["a"], 1: parts["b"], 2: parts["c"]}) == [0, 1]
     assert _distinct({0: parts["b"], 1: parts["a"], 2: parts["c"]}) == [0, 1]
+
+
+# -- multi-token-prediction layers ------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["glm4_moe", "deepseek_v3"])
+def test_mtp_layers_count_the_same_for_the_baseline_and_the_variants(zoo_dir, family, tmp_path):
+    """The MTP layers are not served and are not written into compressed checkpoints: neither total counts them."""
+    from harness.checkpoint import parameter_counts
+    from harness.zoo import add_mtp_layers
+
+    source = tmp_path / "with_mtp"
+    shutil.copytree(zoo_dir / family, source)
+    added = add_mtp_layers(source)
+    model, arch = _load(source), get_arch(source)
+    counts = parameter_counts(source)
+    assert counts.extra_layers == sum(v.numel() for k, v in _all_tensors(source).items() if k in added) > 0
+    expected = _brute_counts(model, arch.top_k)  # the loaded model: transformers skips the MTP layer too
+    assert (counts.total, counts.activated) == expected == count_parameters(zoo_dir / family)
+
+    plan = Plan.identity({i: arch.num_experts for i in _moe_layers(model, arch)})
+    info = write_checkpoint(plan, source, tmp_path / "out", progress=False)
+    written = json.loads((info.path / "config.json").read_text())
+    assert written["num_nextn_predict_layers"] == 0 and not set(added) & set(_all_tensors(info.path))
+    recipe = json.loads((info.path / "recipe.json").read_text())
+    assert recipe["total_params"] == recipe["source"]["total_params"] == expected[0]

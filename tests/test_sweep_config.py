@@ -32,6 +32,7 @@ def test_invalid_config_lists_every_problem(tmp_path, grouped_glm):
         "name": "broken",
         "models": [
             {"name": "hub-model", "path": "someorg/some-moe", "family": "not_a_family"},
+            {"name": "uncached", "path": "someorg/other-moe", "family": "qwen3_moe"},
             {"name": "grouped", "path": str(grouped_glm)},
         ],
         "calibration": {"datasets": [{"source": "theblackcat102/evol-codealpaca-v1",
@@ -51,7 +52,7 @@ def test_invalid_config_lists_every_problem(tmp_path, grouped_glm):
         "unknown method 'no_such_method'",
         "bogus_option",
         "unknown family 'not_a_family'",
-        "needs `experts:`",
+        "uncached): hub model someorg/other-moe (revision main) is not",
         "grouped): ratio 0.3",  # 16 experts in 4 groups: 0.3 keeps 11, not divisible by 4
         "unknown task 'no_such_task'",
         "missing data file",
@@ -97,3 +98,27 @@ def test_seed_sweeps_cover_the_paper_models():
     names = {load_sweep(p).models[0].name for p in SEED_SWEEPS}
     assert {"ERNIE-4.5-21B-A3B", "Qwen3-30B-A3B", "Mixtral-8x7B-Instruct-v0.1", "Llama-4-Scout-17B-16E-Instruct",
             "GLM-4.5-Air", "Qwen3-Coder-480B-A35B-Instruct-FP8", "Kimi-K2-Instruct-W4A16"} <= names
+
+
+def test_a_ratio_that_removes_nothing_and_too_little_calibration_data_fail_validation(tmp_path, grouped_glm):
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(f'{{"instruction": "q{i}", "output": "a{i}"}}\n' for i in range(3)))
+    body = {
+        "name": "noop",
+        "models": [{"name": "grouped", "path": str(grouped_glm)}],
+        "calibration": {"datasets": [{"source": str(data)}], "samples": 8, "length": 16, "packing": "pad"},
+        "methods": ["frequency"],
+        "ratios": [0.01, 0.5],
+        "tasks": ["gsm8k"],
+    }
+    with pytest.raises(SweepConfigError) as info:
+        load_sweep(_write(tmp_path, body))
+    text = str(info.value)
+    assert "ratio 0.01 keeps round(16 * (1 - 0.01)) = 16 of 16 experts per layer: it removes none" in text
+    assert "only 3 non-empty records, but 8 rows are needed" in text
+    assert "ratio 0.5" not in text
+    # Concatenated packing needs tokens, not records: 3 short records cannot fill 8 x 16 tokens either.
+    body["calibration"]["packing"] = "concat"
+    body["ratios"] = [0.5]
+    with pytest.raises(SweepConfigError, match=r"3 records give \d+ tokens, but 8 rows x 16 tokens = 128"):
+        load_sweep(_write(tmp_path, body))

@@ -52,6 +52,13 @@ def get_arch(config: dict | str | Path) -> MoEArch:
             f"model_type {model_type!r} is not a supported MoE family; "
             f"supported: {', '.join(supported_families())}"
         )
+    return arch_class(model_type)(config)
+
+
+def arch_class(model_type: str) -> type[MoEArch]:
+    """The adapter class of a family (imports its module)."""
+    if model_type not in REGISTRY:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not a supported MoE family; supported: {', '.join(supported_families())}")
     module_name, class_name = REGISTRY[model_type].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(config)
+    return getattr(importlib.import_module(module_name), class_name)

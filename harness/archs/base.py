@@ -69,6 +69,12 @@ class MoEArch:
     hub_fused_expert_names: ClassVar[dict[str, str] | None] = None
     # Other config keys that also hold the routed-expert count (rewritten with it).
     expert_count_aliases: ClassVar[tuple[str, ...]] = ()
+    # True for the group-limited top-k router (GLM-4.5, DeepSeek-V3), which scores every group by
+    # its top-2 experts even when there is a single group: each group must keep at least two.
+    grouped_router: ClassVar[bool] = False
+    # Config keys that shape routing and the layer stack (besides the expert count and top-k): what a
+    # rehearsal stand-in copies from the real model's config.json.
+    structure_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: dict[str, Any]):
         self.config = config
@@ -151,17 +157,10 @@ class MoEArch:
         `record(layer, hidden, index, weights, compute)` must return the combined routed
         output. It sees the true routing (the arguments the block passes to its experts).
         """
-        experts = layer.experts
-
         def forward(hidden_states, top_k_index, top_k_weights):
             return record(layer, hidden_states, top_k_index, top_k_weights, scale_input=False)
 
-        experts.forward = forward
-
-        def undo() -> None:
-            del experts.forward
-
-        return undo
+        return replace_forward(layer.experts, forward)
 
     # -- checkpoint layout ---------------------------------------------------------------------
     def hub_to_module_state(self, tensors: dict[str, torch.Tensor], block_prefix: str) -> dict[str, torch.Tensor]:
@@ -197,3 +196,18 @@ class MoEArch:
     def module_key(self, hub_key: str) -> str:
         """Rename of a non-expert hub key (relative to the decoder layer) to the module's name."""
         return hub_key
+
+
+def replace_forward(module: nn.Module, forward: Any) -> Any:
+    """Make `forward` the module's forward; returns the undo. A forward already set on the instance
+    (accelerate's device hooks) is put back by the undo, not deleted."""
+    previous = module.__dict__.get("forward")
+    module.forward = forward
+
+    def undo() -> None:
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous
+
+    return undo

@@ -9,6 +9,8 @@ class Ernie45MoeArch(MoEArch):
     top_k_key = "moe_k"
     shared_attr = "shared_experts"
     correction_bias_key = "mlp.moe_statics.e_score_correction_bias"
+    structure_keys = ("moe_num_shared_experts", "moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval",
+                      "moe_norm_min")
 
     def module_key(self, hub_key: str) -> str:
         # The hub keeps the bias on the block; transformers moves it into the router.

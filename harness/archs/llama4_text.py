@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from harness.archs.base import ExpertWeights, MoEArch, MoELayer, Routing
+from harness.archs.base import ExpertWeights, MoEArch, MoELayer, Routing, replace_forward
 
 
 class Llama4TextArch(MoEArch):
@@ -22,6 +22,7 @@ class Llama4TextArch(MoEArch):
     shared_attr = "shared_expert"
     scales_input = True
     hub_fused_expert_names = {"gate_up": "gate_up_proj", "down": "down_proj"}
+    structure_keys = ("interleave_moe_layer_step", "moe_layers")
 
     def expert_weights(self, layer: MoELayer, j: int) -> ExpertWeights:
         gate_up = layer.experts.gate_up_proj[j]  # [H, 2I]
@@ -49,12 +50,7 @@ class Llama4TextArch(MoEArch):
             out.add_(routed)
             return out, routing.logits
 
-        block.forward = forward
-
-        def undo() -> None:
-            del block.forward
-
-        return undo
+        return replace_forward(block, forward)
 
 
 

@@ -7,6 +7,7 @@ class Qwen3MoeArch(MoEArch):
     model_type = "qwen3_moe"
     expert_count_key = "num_experts"
     expert_count_aliases = ("num_local_experts",)
+    structure_keys = ("norm_topk_prob", "decoder_sparse_step", "mlp_only_layers")
 
     @property
     def num_experts(self) -> int:

@@ -33,12 +33,14 @@ class ShardReader:
 
     def load_prefix(self, prefix: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         """All tensors whose key starts with prefix (e.g. one decoder layer)."""
+        return self.load_keys([k for k in self.key_to_file if k.startswith(prefix)], device)
+
+    def load_keys(self, keys: list[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         from safetensors import safe_open
 
         by_file: dict[Path, list[str]] = {}
-        for key, path in self.key_to_file.items():
-            if key.startswith(prefix):
-                by_file.setdefault(path, []).append(key)
+        for key in keys:
+            by_file.setdefault(self.key_to_file[key], []).append(key)
         out: dict[str, torch.Tensor] = {}
         for path, keys in by_file.items():
             with safe_open(str(path), "pt", device=str(device)) as handle:

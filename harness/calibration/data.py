@@ -88,6 +88,10 @@ class DatasetSpec(BaseModel):
         )
 
 
+# CalibrationSpec fields that decide where the work runs, not the tokens: left out of the key.
+UNKEYED_FIELDS = {"device"}
+
+
 class CalibrationSpec(BaseModel):
     """Which records, how many rows, how long, how packed: all that decides the tokens."""
 
@@ -100,6 +104,9 @@ class CalibrationSpec(BaseModel):
     seed: int = 0
     apply_chat_template: bool = True
     chat_template_kwargs: dict[str, JsonValue] = Field(default_factory=dict)
+    # Where calibration runs: "auto" (every visible GPU, else the CPU), "cpu", "cuda" (every visible
+    # GPU) or "cuda:N". Not part of the key: the statistics do not depend on it.
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
 
     @model_validator(mode="after")
     def _counts_add_up(self) -> CalibrationSpec:
@@ -183,7 +190,7 @@ def spec_fingerprint(spec: CalibrationSpec) -> dict[str, Any]:
     local file's sha256 instead of its path (an edited file changes the key, a moved one
     does not). Hub datasets are keyed by name/subset/split/revision; without a revision an
     upstream change goes unnoticed. The tokenizer is not included: key it with the model."""
-    data = spec.model_dump(mode="json")
+    data = spec.model_dump(mode="json", exclude=UNKEYED_FIELDS)
     data["format_version"] = CALIBRATION_FORMAT_VERSION
     for entry, ds, rows in zip(data["datasets"], spec.datasets, spec.rows_per_dataset(), strict=True):
         entry["samples"] = rows
@@ -442,6 +449,32 @@ def _pad_rows(encoded: Iterable[list[int]], rows: int, length: int, label: str) 
     )
 
 
+def _dataset_rows(spec: CalibrationSpec, ds: DatasetSpec, rows: int, encode: Callable[[Sample], list[int]],
+                  eos_id: int | None) -> list[list[int]]:
+    """The token rows one dataset contributes (unpadded); ValueError when it cannot fill them."""
+    encoded = (encode(sample) for sample in _samples(ds, spec.seed))
+    if spec.packing == "concat":
+        return _concat_rows(encoded, rows, spec.length, eos_id, ds.source)
+    return _pad_rows(encoded, rows, spec.length, ds.source)
+
+
+def data_problems(spec: CalibrationSpec, tokenizer: Any) -> list[str]:
+    """Why the spec's local datasets cannot fill their rows, found by packing them (no tensors, no model);
+    [] when they can. Hub datasets are not read here: they are checked when calibration loads them."""
+    try:
+        encode = _encoder(spec, tokenizer)
+    except ValueError as exc:
+        return [str(exc)]
+    problems = []
+    for ds, rows in zip(spec.datasets, spec.rows_per_dataset(), strict=True):
+        if ds.is_local:
+            try:
+                _dataset_rows(spec, ds, rows, encode, tokenizer.eos_token_id)
+            except (ValueError, FileNotFoundError) as exc:
+                problems.append(str(exc))
+    return problems
+
+
 def build_calibration_batch(spec: CalibrationSpec, tokenizer: Any) -> CalibrationBatch:
     """The token batch for `spec`; the same spec and tokenizer always give the same tensors."""
     import torch
@@ -457,12 +490,7 @@ def build_calibration_batch(spec: CalibrationSpec, tokenizer: Any) -> Calibratio
     mask_rows: list[list[int]] = []
     sources: list[str] = []
     for ds, rows in zip(spec.datasets, spec.rows_per_dataset(), strict=True):
-        encoded = (encode(sample) for sample in _samples(ds, spec.seed))
-        if spec.packing == "concat":
-            block = _concat_rows(encoded, rows, length, eos_id, ds.source)
-        else:
-            block = _pad_rows(encoded, rows, length, ds.source)
-        for ids in block:
+        for ids in _dataset_rows(spec, ds, rows, encode, eos_id):
             ids_rows.append(ids + [pad_id] * (length - len(ids)))
             mask_rows.append([1] * len(ids) + [0] * (length - len(ids)))
         sources.extend([ds.source] * rows)

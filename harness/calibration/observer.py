@@ -20,6 +20,40 @@ from harness.archs.base import MoEArch, MoELayer
 from harness.calibration.statistics import LayerStatistics
 
 
+class _Accumulator:
+    """One layer's running sums, on the device the layer runs on, so recording never waits for the GPU.
+
+    Float64 sums make the result independent of batching; they move to the host once, at the end.
+    """
+
+    def __init__(self, num_experts: int, hidden: int, device: torch.device, mean_out: bool,
+                 router_similarity: bool):
+        def zeros(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=torch.float64, device=device)
+
+        self.count, self.gate_sum, self.ean_sum, self.reap_sum, self.max_act = (zeros(num_experts) for _ in range(5))
+        self.tokens = zeros(())
+        self.mean_out_sum = zeros(num_experts, hidden) if mean_out else None
+        self.router_gram = zeros(num_experts, num_experts) if router_similarity else None
+        self.router_logit_sum = zeros(num_experts) if router_similarity else None
+
+    def add_routed(self, expert: torch.Tensor, gate: torch.Tensor, norm: torch.Tensor, real: torch.Tensor) -> None:
+        """One entry per routed (token, expert) pair; `real` is 1 for real tokens, 0 for padding."""
+        self.count.index_add_(0, expert, real)
+        self.gate_sum.index_add_(0, expert, gate * real)
+        self.ean_sum.index_add_(0, expert, norm * real)
+        self.reap_sum.index_add_(0, expert, gate * norm * real)
+
+    def to_statistics(self, num_experts: int, hidden: int) -> LayerStatistics:
+        stats = LayerStatistics(num_experts=num_experts, hidden_size=hidden)
+        for name in ("count", "gate_sum", "ean_sum", "reap_sum", "max_act", "mean_out_sum", "router_gram",
+                     "router_logit_sum"):
+            value = getattr(self, name)
+            setattr(stats, name, None if value is None else value.cpu())
+        stats.tokens = int(self.tokens.item())
+        return stats
+
+
 class Observer:
     """Context manager: `with Observer(model, arch) as obs: obs.set_mask(mask); model(...)`."""
 
@@ -30,17 +64,27 @@ class Observer:
         self.layers = layers if layers is not None else arch.moe_layers(model)
         self.mean_out = mean_out
         self.router_similarity = router_similarity
-        hidden = hidden_size or int(arch.config["hidden_size"])
-        self.stats: dict[int, LayerStatistics] = {}
-        for layer in self.layers:
-            self._new_stats(layer, hidden)
+        self.hidden = hidden_size or int(arch.config["hidden_size"])
+        self._sums: dict[int, _Accumulator] = {}
         self._mask: torch.Tensor | None = None
         self._undo: list[Any] = []
 
-    def _new_stats(self, layer: MoELayer, hidden: int) -> None:
-        stats = LayerStatistics(num_experts=layer.num_experts, hidden_size=hidden)
-        stats.enable(self.mean_out, self.router_similarity)
-        self.stats[layer.index] = stats
+    @property
+    def stats(self) -> dict[int, LayerStatistics]:
+        """Per MoE layer, the statistics so far (layers that saw no token are all zero)."""
+        out = {}
+        for layer in self.layers:
+            sums = self._sums.get(layer.index) or _Accumulator(layer.num_experts, self.hidden, torch.device("cpu"),
+                                                               self.mean_out, self.router_similarity)
+            out[layer.index] = sums.to_statistics(layer.num_experts, self.hidden)
+        return out
+
+    def _accumulator(self, layer: MoELayer, device: torch.device) -> _Accumulator:
+        sums = self._sums.get(layer.index)
+        if sums is None:
+            sums = self._sums[layer.index] = _Accumulator(layer.num_experts, self.hidden, device, self.mean_out,
+                                                          self.router_similarity)
+        return sums
 
     def set_mask(self, attention_mask: torch.Tensor | None) -> None:
         """Mark the real tokens of the next forward ([B, S] attention mask; None = all)."""
@@ -70,23 +114,26 @@ class Observer:
             return torch.ones(n_tokens, dtype=torch.bool, device=device)
         if self._mask.numel() != n_tokens:
             raise RuntimeError(f"attention mask covers {self._mask.numel()} tokens, the layer saw {n_tokens}")
-        return self._mask.to(device)
+        return self._mask.to(device, non_blocking=True)
 
     def _router_hook(self, layer: MoELayer):
         def hook(module, args, output):
             logits = self.arch.router_logits_from_output(output).reshape(-1, layer.num_experts)
-            real = logits[self._real(logits.shape[0], logits.device)].double()
-            stats = self.stats[layer.index]
-            stats.router_gram += (real.T @ real).cpu()
-            stats.router_logit_sum += real.sum(0).cpu()
+            sums = self._accumulator(layer, logits.device)
+            real = self._real(logits.shape[0], logits.device)
+            masked = logits.double() * real[:, None]
+            sums.router_gram += masked.T @ masked
+            sums.router_logit_sum += masked.sum(0)
         return hook
 
     def _record(self, layer: MoELayer, hidden: torch.Tensor, index: torch.Tensor,
                 weights: torch.Tensor, scale_input: bool) -> torch.Tensor:
-        stats = self.stats[layer.index]
+        sums = self._accumulator(layer, hidden.device)
         real = self._real(hidden.shape[0], hidden.device)
-        stats.tokens += int(real.sum())
+        realf = real.double()
+        sums.tokens += realf.sum()
         out = torch.zeros_like(hidden)
+        tokens, slots, experts, norms = [], [], [], []
         for j in torch.unique(index).tolist():
             if j >= layer.num_experts:  # transformers' "dropped token" sentinel
                 continue
@@ -100,22 +147,19 @@ class Observer:
                 f = self.arch.expert_forward(layer, j, x)
                 contribution = f * g[:, None]
             out.index_add_(0, token, contribution.to(out.dtype))
-            keep = real[token]
-            if keep.any():
-                self._accumulate(stats, j, f[keep], g[keep])
-        if stats.mean_out_sum is not None:
+            # Padding rows count as 0, never as the maximum (|f| >= 0).
+            peak = (f.detach().abs() * real[token, None]).amax().double()
+            sums.max_act[j] = torch.maximum(sums.max_act[j], peak)
+            tokens.append(token)
+            slots.append(slot)
+            experts.append(torch.full_like(token, j))
+            norms.append(torch.linalg.vector_norm(f.detach(), dim=-1, dtype=torch.float64))
+        if tokens:
+            token, slot = torch.cat(tokens), torch.cat(slots)
+            sums.add_routed(torch.cat(experts), weights[token, slot].detach().double(), torch.cat(norms),
+                            realf[token])
+        if sums.mean_out_sum is not None:
             x_all = hidden[real]
             for j in range(layer.num_experts):
-                stats.mean_out_sum[j] += self.arch.expert_forward(layer, j, x_all).double().sum(0).cpu()
+                sums.mean_out_sum[j] += self.arch.expert_forward(layer, j, x_all).sum(0, dtype=torch.float64)
         return out
-
-    @staticmethod
-    def _accumulate(stats: LayerStatistics, j: int, f: torch.Tensor, g: torch.Tensor) -> None:
-        f64 = f.detach().double()
-        g64 = g.detach().double()
-        norms = f64.norm(dim=-1)
-        stats.count[j] += f64.shape[0]
-        stats.gate_sum[j] += g64.sum().item()
-        stats.ean_sum[j] += norms.sum().item()
-        stats.reap_sum[j] += (g64 * norms).sum().item()
-        stats.max_act[j] = max(stats.max_act[j].item(), f64.abs().max().item())

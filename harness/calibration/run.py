@@ -2,13 +2,18 @@
 
 Both feed the same token rows through the same observer, so they give the same
 statistics; the sequential driver keeps only one decoder layer's weights plus the
-cached hidden states in memory, for models larger than memory.
+cached hidden states in memory, for models larger than memory. Either runs where
+`device` says: every visible GPU (a model too large for one is spread over several),
+one GPU, or the CPU. Quantised checkpoints (FP8 blocks, compressed-tensors int4) are
+dequantised layer by layer into the calibration dtype for the observer.
+
+The stage's key and directory belong to the store (harness.store): `calibration_settings`
+says what the statistics depend on, `stored_calibration` computes them once per key.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import logging
 import platform
 import time
 from collections.abc import Iterator
@@ -18,11 +23,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.archs import get_arch
+from harness.archs import get_arch, read_config
 from harness.archs.base import MoEArch
-from harness.calibration.checkpoint_io import ShardReader, model_fingerprint
+from harness.calibration.checkpoint_io import ShardReader
 from harness.calibration.observer import Observer
 from harness.calibration.statistics import STATS_FORMAT_VERSION, CalibrationStatistics, LayerStatistics
+
+log = logging.getLogger("harness.calibration")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CalibrationDeviceError(ValueError):
+    """The requested device is not there; the message says what is."""
 
 
 def _batches(input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int
@@ -40,8 +53,8 @@ def _progress(total: int, desc: str, enabled: bool):
 def calibrate_loaded(model: nn.Module, arch: MoEArch, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      *, batch_size: int = 8, mean_out: bool = False, router_similarity: bool = False,
                      progress: bool = False) -> dict[int, LayerStatistics]:
-    """Statistics of a model already in memory."""
-    device = next(model.parameters()).device
+    """Statistics of a model already in memory (on one device, or spread over several)."""
+    device = model.get_input_embeddings().weight.device
     n_batches = -(-input_ids.shape[0] // batch_size)
     with Observer(model, arch, mean_out=mean_out, router_similarity=router_similarity) as observer, \
             torch.no_grad(), _progress(n_batches, "calibrating", progress) as bar:
@@ -90,21 +103,27 @@ def _layer_inputs(model: nn.Module, layers: nn.ModuleList, ids: torch.Tensor, ma
 
 def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                          batch_size: int = 8, mean_out: bool = False, router_similarity: bool = False,
-                         dtype: torch.dtype = torch.float32, device: str = "cpu",
+                         dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                          progress: bool = False) -> dict[int, LayerStatistics]:
-    """Statistics with one decoder layer in memory at a time (plus cached hidden states)."""
+    """Statistics with one decoder layer in memory at a time (plus the hidden states).
+
+    The layer runs on `device`; the hidden states stay there too when they fit in half of its
+    free memory, else in host memory (moved over one batch at a time).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    device = torch.device(device)
     arch = get_arch(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
+    _drop_quantisation(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     inner = model.model
-    reader = ShardReader(model_dir)
+    weights = _LayerWeights(model_dir, arch, dtype)
     embed_key = "model.embed_tokens.weight"
     inner.embed_tokens.to_empty(device=device)
-    inner.embed_tokens.weight.data.copy_(reader.load_prefix(embed_key)[embed_key])
+    inner.embed_tokens.weight.data.copy_(weights.load(embed_key)[embed_key])
     with torch.device(device):  # recompute inv_freq (a meta tensor so far)
         inner.rotary_emb = type(inner.rotary_emb)(config=inner.config)
     layers = arch.decoder_layers(model)
@@ -113,93 +132,285 @@ def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attenti
                         layers=list(moe_layers.values()), hidden_size=config.hidden_size)
 
     batches = list(_batches(input_ids, attention_mask, batch_size))
+    home = _activation_home(device, input_ids.numel() * config.hidden_size * torch.finfo(dtype).bits // 8)
     hidden: list[torch.Tensor] = []
     layer_kwargs: list[list[dict[str, Any]]] = []
     with torch.no_grad():
         for ids, mask in batches:
             first, kwargs = _layer_inputs(model, layers, ids.to(device), mask.to(device))
-            hidden.append(first)
-            layer_kwargs.append(kwargs)
+            memo: dict[int, Any] = {}
+            hidden.append(first.to(home))
+            layer_kwargs.append([_moved(k, home, memo) for k in kwargs])
         with _progress(len(layers), "calibrating (sequential)", progress) as bar:
             for index, layer in enumerate(layers):
                 prefix = f"model.layers.{index}."
                 layer.to_empty(device=device)
-                layer.load_state_dict(arch.hub_to_module_state(reader.load_prefix(prefix, device), prefix),
-                                      strict=True)
+                layer.load_state_dict(arch.hub_to_module_state(weights.load(prefix, device), prefix), strict=True)
                 if index in moe_layers:
                     observer.attach([moe_layers[index]])
                 for b, (_, mask) in enumerate(batches):
                     observer.set_mask(mask)
-                    out = layer(hidden[b], **layer_kwargs[b][index])
-                    hidden[b] = out[0] if isinstance(out, tuple) else out
+                    memo = {}
+                    kwargs = _moved(layer_kwargs[b][index], device, memo)
+                    out = layer(hidden[b].to(device), **kwargs)
+                    hidden[b] = (out[0] if isinstance(out, tuple) else out).to(home)
                 observer.detach()
                 layer.to("meta")  # free this layer's weights before loading the next
                 bar.update()
     return observer.stats
 
 
-def calibration_key(model_fp: dict, data_fp: dict, *, mean_out: bool, router_similarity: bool) -> str:
-    """Content hash of exactly what changes the statistics (not batch size, not device)."""
-    payload = {
+def _activation_home(device: torch.device, nbytes: int) -> torch.device:
+    """Where the sequential driver keeps the hidden states between layers."""
+    if device.type != "cuda":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    if nbytes <= free // 2:
+        return device
+    log.info("the hidden states (%.1f GiB) do not fit beside a layer on %s (%.1f GiB free): kept in host memory",
+             nbytes / 2**30, device, free / 2**30)
+    return torch.device("cpu")
+
+
+def _moved(value: Any, device: torch.device, memo: dict[int, Any]) -> Any:
+    """`value` with every tensor in it on `device`; a tensor shared by several layers is moved once."""
+    if isinstance(value, torch.Tensor):
+        if value.device == device:
+            return value
+        if id(value) not in memo:
+            memo[id(value)] = value.to(device)
+        return memo[id(value)]
+    if isinstance(value, dict):
+        return {k: _moved(v, device, memo) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_moved(v, device, memo) for v in value)
+    return value
+
+
+class _LayerWeights:
+    """A checkpoint's tensors by key prefix, dequantised into `dtype` when the checkpoint is quantised."""
+
+    def __init__(self, model_dir: str | Path, arch: MoEArch, dtype: torch.dtype):
+        from harness.quantisation import checkpoint_format
+
+        self.reader = ShardReader(model_dir)
+        self.config = read_config(model_dir)
+        self.format = checkpoint_format(self.config)
+        self.dtype = dtype
+
+    def load(self, prefix: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        return self._dequantised(self.reader.load_prefix(prefix, device))
+
+    def load_outside(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Every tensor whose key does not start with `prefix` (embeddings, final norm, head)."""
+        keys = [k for k in self.reader.key_to_file if not k.startswith(prefix)]
+        return self._dequantised(self.reader.load_keys(keys))
+
+    def _dequantised(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from harness.quantisation import dequantise_tensors
+
+        return tensors if self.format is None else dequantise_tensors(tensors, self.config, self.dtype)
+
+
+def _drop_quantisation(config: Any) -> None:
+    """Build the model unquantised: the calibration drivers load dequantised weights into it."""
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+
+
+def resolve_devices(device: str) -> list[torch.device]:
+    """The devices `device` names: "auto" = every visible GPU, else the CPU (said in the log)."""
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = [torch.device("cuda", i) for i in range(visible)]
+    if device == "auto":
+        if not gpus:
+            log.info("calibration.device auto: no GPU is visible, calibrating on the CPU")
+            return [torch.device("cpu")]
+        log.info("calibration.device auto: calibrating on %d GPU(s)", len(gpus))
+        return gpus
+    if device == "cpu":
+        return [torch.device("cpu")]
+    if not gpus:
+        raise CalibrationDeviceError(f"calibration.device is {device!r} but no GPU is visible here "
+                                     "(torch.cuda.is_available() is False); use auto or cpu")
+    if device == "cuda":
+        return gpus
+    chosen = torch.device(device)
+    if chosen.index is None or chosen.index >= visible:
+        raise CalibrationDeviceError(f"calibration.device is {device!r} but only {visible} GPU(s) are visible")
+    return [chosen]
+
+
+def resolve_dtype(name: str, config: dict) -> str:
+    """The calibration dtype's name: "auto" is the checkpoint's dtype (bfloat16 for quantised weights)."""
+    from harness.quantisation import checkpoint_format
+
+    if name != "auto":
+        if name not in DTYPES:
+            raise ValueError(f"calibration dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
+        return name
+    if checkpoint_format(config) is not None:
+        return "bfloat16"
+    text = config.get("text_config", config)
+    stored = str(text.get("dtype") or text.get("torch_dtype") or config.get("torch_dtype") or "float32")
+    return stored if stored in DTYPES else "float32"
+
+
+def load_model(model_dir: str | Path, dtype: torch.dtype, devices: list[torch.device]) -> nn.Module:
+    """The whole model for normal-mode calibration: on the CPU, on one GPU, or spread over several GPUs
+    (accelerate's device map, GPUs only: a model that does not fit them needs sequential mode)."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.quantisation import checkpoint_format
+
+    config = read_config(model_dir)
+    if checkpoint_format(config) is not None:
+        return _load_dequantised(model_dir, dtype, devices)
+    if devices == [torch.device("cpu")]:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    if len(devices) == 1:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map={"": devices[0]}).eval()
+    budget = {d.index: torch.cuda.mem_get_info(d)[0] for d in devices}
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map="auto",
+                                                max_memory=budget).eval()
+
+
+def _load_dequantised(model_dir: str | Path, dtype: torch.dtype, devices: list[torch.device]) -> nn.Module:
+    """A quantised checkpoint as a plain model in `dtype`, dequantised one decoder layer at a time;
+    decoder layers are dealt out to the devices in contiguous runs."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    arch = get_arch(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    _drop_quantisation(config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    weights = _LayerWeights(model_dir, arch, dtype)
+    layers = arch.decoder_layers(model)
+    per_device = -(-len(layers) // len(devices))
+    first, last = devices[0], devices[-1]
+    for index, layer in enumerate(layers):
+        device = devices[index // per_device]
+        prefix = f"model.layers.{index}."
+        layer.to_empty(device=device)
+        layer.load_state_dict(arch.hub_to_module_state(weights.load(prefix, device), prefix), strict=True)
+    rest = weights.load_outside("model.layers.")
+    for name, module in model.named_children():
+        if name != "model":
+            module.to_empty(device=last)
+    inner = model.model
+    for name, module in inner.named_children():
+        if name != "layers":
+            module.to_empty(device=last if name == "norm" else first)
+    missing, unexpected = model.load_state_dict(rest, strict=False)
+    missing = [k for k in missing if not k.startswith("model.layers.")]
+    if config.tie_word_embeddings:
+        model.tie_weights()
+        missing = [k for k in missing if k != "lm_head.weight"]
+    if missing:
+        raise RuntimeError(f"{model_dir}: tensors missing from the checkpoint: {missing[:5]}")
+    with torch.device(first):  # inv_freq is computed, not stored
+        inner.rotary_emb = type(inner.rotary_emb)(config=inner.config)
+    if len(devices) > 1:
+        from accelerate import dispatch_model
+
+        device_map = {"model.embed_tokens": first, "model.rotary_emb": first, "model.norm": last, "lm_head": last}
+        device_map.update({f"model.layers.{i}": devices[i // per_device] for i in range(len(layers))})
+        model = dispatch_model(model, device_map=device_map)
+    del unexpected  # MTP layers beyond num_hidden_layers, not part of the forward
+    return model.eval()
+
+
+def calibration_settings(identity: dict[str, Any], data_fingerprint: dict[str, Any], *, mean_out: bool,
+                         router_similarity: bool, dtype: str) -> dict[str, Any]:
+    """Exactly what the statistics depend on (not batch size, device or mode): the stage's key settings."""
+    return {
         "stats_format": STATS_FORMAT_VERSION,
-        "model": model_fp,
-        "data": data_fp,
+        "model": identity,
+        "data": data_fingerprint,
         "mean_out": mean_out,
         "router_similarity": router_similarity,
+        "dtype": dtype,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def run_calibration(model_dir: str | Path, spec, out_root: str | Path, *, batch_size: int = 8,
-                    mean_out: bool = False, router_similarity: bool = False, sequential: bool = False,
-                    device: str = "cpu", progress: bool = True, force: bool = False
-                    ) -> tuple[Path, CalibrationStatistics]:
-    """Calibrate (or reuse the cached result) and return (directory, statistics)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def calibration_settings_for(source, spec, *, mean_out: bool, router_similarity: bool, dtype: str
+                             ) -> dict[str, Any]:
+    """calibration_settings of a harness.hub.ModelSource (reads only its config, never its weights)."""
+    from harness.calibration.data import spec_fingerprint
+
+    return calibration_settings(source.identity, spec_fingerprint(spec), mean_out=mean_out,
+                                router_similarity=router_similarity,
+                                dtype=resolve_dtype(dtype, read_config(source.metadata_dir)))
+
+
+def calibrate(model_dir: str | Path, spec, *, mean_out: bool = False, router_similarity: bool = False,
+              sequential: bool = False, device: str | None = None, dtype: str = "auto", batch_size: int = 8,
+              progress: bool = True) -> CalibrationStatistics:
+    """Tokenise the calibration set and record the statistics (no caching: see stored_calibration)."""
+    from transformers import AutoTokenizer
 
     import harness
     from harness.calibration.data import build_calibration_batch, spec_fingerprint
+    from harness.quantisation import checkpoint_format
 
-    model_fp = model_fingerprint(model_dir)
-    data_fp = spec_fingerprint(spec)
-    key = calibration_key(model_fp, data_fp, mean_out=mean_out, router_similarity=router_similarity)
-    out_dir = Path(out_root) / key
-    if (out_dir / "manifest.json").is_file() and not force:
-        return out_dir, CalibrationStatistics.load(out_dir)
-
-    arch = get_arch(model_dir)
+    config = read_config(model_dir)
+    arch = get_arch(config)
+    dtype_name = resolve_dtype(dtype, config)
+    torch_dtype = DTYPES[dtype_name]
+    devices = resolve_devices(device or spec.device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    batch = build_calibration_batch(spec, tokenizer)
+    batch = build_calibration_batch(spec, tokenizer)  # data problems surface before the model is loaded
     started = time.monotonic()
     if sequential:
         stats = calibrate_sequential(model_dir, batch.input_ids, batch.attention_mask, batch_size=batch_size,
-                                     mean_out=mean_out, router_similarity=router_similarity,
-                                     device=device, progress=progress)
+                                     mean_out=mean_out, router_similarity=router_similarity, dtype=torch_dtype,
+                                     device=devices[0], progress=progress)
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval()
+        model = load_model(model_dir, torch_dtype, devices)
         stats = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask, batch_size=batch_size,
                                  mean_out=mean_out, router_similarity=router_similarity, progress=progress)
+        del model
     manifest = {
-        "key": key,
         "stats_format": STATS_FORMAT_VERSION,
         "model": str(model_dir),
-        "model_fingerprint": model_fp,
         "family": arch.model_type,
+        "quantisation": checkpoint_format(config),
         "num_experts": arch.num_experts,
         "top_k": arch.top_k,
         "n_group": arch.n_group,
         "moe_layers": sorted(stats),
-        "data": data_fp,
+        "data": spec_fingerprint(spec),
         "samples": int(batch.input_ids.shape[0]),
         "length": int(batch.input_ids.shape[1]),
         "tokens": int(batch.attention_mask.sum()),
         "mean_out": mean_out,
         "router_similarity": router_similarity,
+        "dtype": dtype_name,
         # Not part of the key: how the numbers were produced.
-        "run": {"sequential": sequential, "batch_size": batch_size, "device": device,
+        "run": {"sequential": sequential, "batch_size": batch_size, "devices": [str(d) for d in devices],
                 "seconds": round(time.monotonic() - started, 3), "harness_version": harness.__version__,
                 "torch": torch.__version__, "python": platform.python_version()},
     }
-    result = CalibrationStatistics(stats, manifest)
-    result.save(out_dir)
-    return out_dir, result
+    return CalibrationStatistics(stats, manifest)
+
+
+def stored_calibration(store, source, spec, *, mean_out: bool = False, router_similarity: bool = False,
+                       dtype: str = "auto", sequential: bool = False, device: str | None = None,
+                       batch_size: int = 8, progress: bool = True, force: bool = False) -> tuple[str, Path]:
+    """Calibrate `source` (a harness.hub.ModelSource) into the store, once per key; returns (key, directory)."""
+    from harness.store import stage_key
+
+    settings = calibration_settings_for(source, spec, mean_out=mean_out, router_similarity=router_similarity,
+                                        dtype=dtype)
+    key = stage_key("calibration", settings)
+    out = store.dir("calibration", key)
+    if store.is_done("calibration", key) and not force:
+        return key, out
+    store.reset("calibration", key)
+    stats = calibrate(source.directory(), spec, mean_out=mean_out, router_similarity=router_similarity,
+                      sequential=sequential, device=device, dtype=dtype, batch_size=batch_size, progress=progress)
+    stats.manifest["key"] = key
+    stats.save(out)
+    store.mark_done("calibration", key, {"model": source.describe()}, settings=settings)
+    return key, out

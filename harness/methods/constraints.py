@@ -48,11 +48,21 @@ class ExpertConstraints:
     # -- construction -----------------------------------------------------------------
     @classmethod
     def from_arch(cls, arch: MoEArch) -> ExpertConstraints:
-        # glm4_moe and deepseek_v3 configs carry `n_group`: their router is the grouped top-k
-        # one, which takes the top-2 scores of every group even when n_group is 1.
-        grouped_router = arch.config.get("n_group") is not None
-        return cls(num_experts=arch.num_experts, top_k=arch.top_k, n_group=arch.n_group,
-                   topk_group=arch.topk_group, min_per_group=2 if grouped_router else 1)
+        return cls.for_family(arch.model_type, num_experts=arch.num_experts, top_k=arch.top_k,
+                              n_group=arch.n_group, topk_group=arch.topk_group)
+
+    @classmethod
+    def for_family(cls, family: str, *, num_experts: int, top_k: int, n_group: int = 1,
+                   topk_group: int | None = None) -> ExpertConstraints:
+        """The constraints of a declared layout (a hub model not downloaded yet) or of a loaded config.
+
+        The family's router decides the smallest group (see MoEArch.grouped_router).
+        """
+        from harness.archs import arch_class
+
+        min_per_group = 2 if arch_class(family).grouped_router else 1
+        return cls(num_experts=num_experts, top_k=top_k, n_group=n_group, topk_group=topk_group,
+                   min_per_group=min_per_group)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ExpertConstraints:
@@ -108,6 +118,13 @@ class ExpertConstraints:
             raise InfeasibleRatioError(f"ratio must be a fraction of experts removed in [0, 1), got {ratio!r}")
         # Round half up, with a little slack so that 0.3 * 10 does not become 2.9999... -> 2.
         kept = math.floor(self.num_experts * (1.0 - ratio) + 0.5 + 1e-9)
+        if ratio > 0 and kept == self.num_experts:
+            smallest = min((k for k in self.feasible_counts() if k < self.num_experts), default=None)
+            hint = (f"the smallest compression is {self.ratio_of(smallest):.4g} ({smallest} kept)" if smallest
+                    else "no smaller count is feasible")
+            raise InfeasibleRatioError(
+                f"ratio {ratio:g} keeps round({self.num_experts} * (1 - {ratio:g})) = {kept} of {self.num_experts} "
+                f"experts per layer: it removes none, so the 'compressed' model would be the original; {hint}.")
         reason = self.why_infeasible(kept)
         if reason is not None:
             options = ", ".join(f"{k} (ratio {self.ratio_of(k):.4g})" for k in self.feasible_counts())

@@ -99,6 +99,20 @@ def judge_reply(prompt: str) -> str:
     })
 
 
+def stand_in_reply(prompt: str) -> str:
+    """A stand-in judge's reply to any judge prompt, for rehearsals: a well-formed verdict whose 1-10
+    score is a hash of the prompt (deterministic, and no signal about quality)."""
+    import hashlib
+
+    score = 1 + int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 10
+    return json.dumps({"strengths": "stand-in judge (rehearsal): not a judgement",
+                       "weaknesses": "stand-in judge (rehearsal): not a judgement", "score": score})
+
+
+# The local judges a sweep can start (`judge: {serve: NAME}`): the name and what it replies.
+LOCAL_JUDGES = {"rubric": judge_reply, "stand_in": stand_in_reply}
+
+
 class JsonHandler(BaseHTTPRequestHandler):
     """A quiet HTTP handler that answers JSON (the base of small local OpenAI-style servers)."""
 
@@ -133,7 +147,7 @@ class _Handler(JsonHandler):
             content = users[-1]["content"]
             if isinstance(content, list):  # OpenAI content parts
                 content = "".join(part.get("text", "") for part in content)
-            reply = judge_reply(content)
+            reply = self.server.reply(content)
         except (JudgePromptError, KeyError, TypeError, ValueError) as exc:
             self._send(400, {"error": {"message": str(exc), "type": "invalid_request_error"}})
             return
@@ -148,8 +162,9 @@ class _Handler(JsonHandler):
 class RubricJudge:
     """The rubric judge on 127.0.0.1 in a background thread: `with RubricJudge() as j: j.base_url`."""
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1"):
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", reply=judge_reply):
         self.host, self.port = host, port
+        self.reply = reply
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -166,6 +181,7 @@ class RubricJudge:
 
     def start(self) -> RubricJudge:
         self._server = ThreadingHTTPServer((self.host, self.port), _Handler)
+        self._server.reply = self.reply
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="rubric-judge")
         self._thread.start()
         return self
@@ -190,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
     server = ThreadingHTTPServer((args.host, args.port), _Handler)
+    server.reply = judge_reply
     print(f"rubric judge on http://{args.host}:{server.server_address[1]}/v1 (model {MODEL_NAME})", flush=True)
     try:
         server.serve_forever()
