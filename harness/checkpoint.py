@@ -35,20 +35,26 @@ import torch
 from harness.archs import get_arch, read_config
 from harness.archs.base import ExpertWeights, MoEArch
 from harness.atomic import make_temp_dir
-from harness.merging import FP8_DTYPES, dequantize_fp8, merge_experts, quantize_fp8
+from harness.merging import merge_experts
 from harness.plan import ExpertGroup, Plan
+from harness.quantisation import (
+    FP8_DTYPES,
+    FP8_SCALE_NAMES,
+    PACKED_NAME,
+    QUANT_COMPANIONS,
+    QuantisationError,
+    dequantise_fp8,
+    detect_format,
+    packed_numel,
+    quantise_fp8,
+    quantization_config,
+)
 
 MATERIALISATIONS = ("shared_slots",)
 INDEX_NAME = "model.safetensors.index.json"
 # Top-level files of the source that are not copied: weights (rewritten), and what the writer regenerates.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack")
 _REGENERATED = {"config.json", INDEX_NAME, "pytorch_model.bin.index.json", "recipe.json", "plan.json"}
-# Tensors that describe how a weight is quantised; they are not parameters of the model.
-QUANT_COMPANIONS = frozenset({
-    "weight_scale", "weight_scale_inv", "weight_zero_point", "weight_shape", "weight_global_scale",
-    "weight_g_idx", "input_scale", "input_global_scale", "output_scale", "k_scale", "v_scale", "q_scale",
-})
-_FP8_SCALE_NAMES = ("weight_scale_inv", "weight_scale")
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -313,17 +319,13 @@ def _check_routing(plan: Plan, arch: MoEArch, new_count: int) -> None:
                         f"listed group by group")
 
 
-def _quant_config(config: dict) -> dict:
-    return config.get("quantization_config") or config.get("compression_config") or {}
-
-
 def _quantisation_name(src: SafetensorsCheckpoint, config: dict) -> str | None:
     names = {key.rsplit(".", 1)[-1] for key in src.tensors}
     if "weight_packed" in names:
         return "packed-int (compressed-tensors)"
     if any(info.dtype.startswith("F8") for info in src.tensors.values()):
         return "fp8"
-    method = _quant_config(config).get("quant_method")
+    method = quantization_config(config).get("quant_method")
     return str(method) if method else None
 
 
@@ -334,7 +336,7 @@ def _plan_outputs(plan: Plan, src: SafetensorsCheckpoint, layout: ExpertLayout, 
     _check_layers(plan, layers, src, arch)
     new_count = plan.num_groups if plan.kind == "prune" else arch.num_experts
     _check_routing(plan, arch, new_count)
-    block = _quant_config(config).get("weight_block_size")
+    block = quantization_config(config).get("weight_block_size")
     outputs: list[Output] = []
     dropped: list[str] = []
     for key, info in src.tensors.items():
@@ -400,7 +402,7 @@ def _proj_formats(arch: MoEArch, names: dict[str, str], src: SafetensorsCheckpoi
                 f"block-FP8 experts, not packed int4/int8 (compressed-tensors 'weight_packed'); use a pruning "
                 f"method for this checkpoint, or dequantise it first")
         info = src.tensors[names[weight]]
-        scale = next((f"{proj}.{s}" for s in _FP8_SCALE_NAMES if f"{proj}.{s}" in names), None)
+        scale = next((f"{proj}.{s}" for s in FP8_SCALE_NAMES if f"{proj}.{s}" in names), None)
         is_fp8 = DTYPES[info.dtype] in FP8_DTYPES
         if is_fp8 and scale is None:
             raise CheckpointError(f"{where}: FP8 weight {weight} has no weight_scale(_inv) to dequantise it with")
@@ -450,7 +452,7 @@ def _group_merger(layout: ExpertLayout, src: SafetensorsCheckpoint, layer: int, 
         weight = src.load(names[fmt.weight])
         if fmt.scale is None:
             return weight
-        return dequantize_fp8(weight, src.load(names[fmt.scale]), block)
+        return dequantise_fp8(weight, src.load(names[fmt.scale]), block)
 
     def compute() -> dict[str, torch.Tensor]:
         members = [ExpertWeights(**{role: load(j, fmt) for role, fmt in formats.items()}) for j in group.members]
@@ -464,7 +466,7 @@ def _group_merger(layout: ExpertLayout, src: SafetensorsCheckpoint, layer: int, 
                 stored[fmt.weight] = value.to(DTYPES[weight_info.dtype])
             else:
                 scale_info = src.tensors[first[fmt.scale]]
-                q, scale = quantize_fp8(value, scale_info.shape, block, dtype=DTYPES[weight_info.dtype],
+                q, scale = quantise_fp8(value, scale_info.shape, block, dtype=DTYPES[weight_info.dtype],
                                         scale_dtype=DTYPES[scale_info.dtype])
                 stored[fmt.weight], stored[fmt.scale] = q, scale
             if fmt.input_scale is not None:  # static activation scale: the widest member's
@@ -628,16 +630,24 @@ class ParameterCounts:
     extra_layers: int = 0
 
 
-def _logical_numel(key: str, info: TensorInfo, tensors: dict[str, TensorInfo]) -> int:
+def _logical_numel(key: str, info: TensorInfo, tensors: dict[str, TensorInfo], num_bits: int = 4) -> int:
     stem, _, last = key.rpartition(".")
     if last in QUANT_COMPANIONS:
         return 0
-    if last == "weight_packed":
+    if last == PACKED_NAME:
         shape_key = f"{stem}.weight_shape"
-        if shape_key in tensors:
-            return int(torch.prod(load_range(tensors[shape_key]).long()).item())
-        return info.numel * DTYPES[info.dtype].itemsize * 2  # int4: two values per byte
+        shape = load_range(tensors[shape_key]).tolist() if shape_key in tensors else None
+        words = (info.numel * DTYPES[info.dtype].itemsize // 4,)  # int32 words
+        return packed_numel(words, num_bits, shape)
     return info.numel
+
+
+def _packed_bits(model_dir: str | Path, keys: Iterable[str]) -> int:
+    """Bits per packed value (only needed for packed tensors without a weight_shape); 4 when unsure."""
+    try:
+        return detect_format(model_dir, keys).num_bits or 4
+    except (QuantisationError, OSError, ValueError):
+        return 4
 
 
 _Part = tuple[str, Path, int, int]  # (tensor name, file, first byte, end byte)
@@ -716,11 +726,12 @@ def parameter_counts(model_dir: str | Path) -> ParameterCounts:
     arch = get_arch(model_dir)
     layout = ExpertLayout(arch, ckpt.tensors)
     dense = extra = 0
+    num_bits = _packed_bits(model_dir, ckpt.tensors)
     parts: dict[int, dict[int, list[_Part]]] = {}
     sizes: dict[int, dict[int, int]] = {}
     for key, info in ckpt.tensors.items():
         role = layout.role(key)
-        numel = _logical_numel(key, info, ckpt.tensors)
+        numel = _logical_numel(key, info, ckpt.tensors, num_bits)
         if role.kind == "expert":
             parts.setdefault(role.layer, {}).setdefault(role.expert, []).append((role.name, info.file, info.start,
                                                                                  info.end))

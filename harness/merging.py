@@ -5,8 +5,9 @@ without changing what it computes, so two experts trained apart may hold similar
 in different places. Alignment finds, by linear assignment, the permutation of each
 member's neurons that best matches the dominant expert (`members[0]`) before averaging.
 
-Also the block-wise FP8 (de)quantisation the writer needs to merge FP8 checkpoints:
-dequantise, merge in float, quantise again with the same block layout.
+FP8 checkpoints are merged by dequantising, merging in float and quantising again with the
+same block layout; that arithmetic lives in `harness.quantisation` (re-exported here under
+its earlier names).
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from collections.abc import Sequence
 import torch
 
 from harness.archs.base import ExpertWeights
+from harness.quantisation import FP8_DTYPES, scale_block
+from harness.quantisation import dequantise_fp8 as dequantize_fp8
+from harness.quantisation import quantise_fp8 as quantize_fp8
 
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+__all__ = ["FP8_DTYPES", "alignment_permutation", "compute_dtype", "dequantize_fp8", "merge_experts",
+           "neuron_similarity", "permute_neurons", "quantize_fp8", "scale_block"]
 
 
 # -- alignment -------------------------------------------------------------------------------
@@ -92,54 +97,3 @@ def merge_experts(experts: Sequence[ExpertWeights], weights: Sequence[float], *,
         up.add_(member.up, alpha=weight)
         down.add_(member.down, alpha=weight)
     return ExpertWeights(gate=gate, up=up, down=down)
-
-
-# -- block-wise FP8 ---------------------------------------------------------------------------
-def scale_block(weight_shape: Sequence[int], scale_shape: Sequence[int],
-                block: Sequence[int] | None = None) -> tuple[int, int]:
-    """The (rows, cols) block one scale entry covers.
-
-    `block` (the config's `weight_block_size`) wins; without it the block is inferred from
-    the shapes, which only works when the scale grid divides the weight exactly.
-    """
-    rows, cols = int(weight_shape[0]), int(weight_shape[1])
-    grid = [int(s) for s in scale_shape] if len(scale_shape) else [1, 1]
-    if len(grid) == 1:  # per-output-channel or per-tensor
-        grid = [grid[0], 1]
-    if block is not None:
-        b0, b1 = int(block[0]), int(block[1])
-        if grid != [-(-rows // b0), -(-cols // b1)]:
-            raise ValueError(f"scale grid {grid} does not fit a {rows}x{cols} weight in {b0}x{b1} blocks")
-        return b0, b1
-    if rows % grid[0] or cols % grid[1]:
-        raise ValueError(f"cannot infer the quantisation block of a {rows}x{cols} weight from a scale of shape "
-                         f"{grid}: set quantization_config.weight_block_size in config.json")
-    return rows // grid[0], cols // grid[1]
-
-
-def _expand(scale: torch.Tensor, rows: int, cols: int, block: tuple[int, int]) -> torch.Tensor:
-    grid = scale.reshape(-(-rows // block[0]), -(-cols // block[1]))
-    return grid.repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
-
-
-def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, block: Sequence[int] | None = None) -> torch.Tensor:
-    """float32 weight = q * scale, each scale entry covering one block."""
-    rows, cols = weight.shape
-    b = scale_block(weight.shape, scale.shape, block)
-    return weight.float() * _expand(scale.float(), rows, cols, b)
-
-
-def quantize_fp8(weight: torch.Tensor, scale_shape: Sequence[int], block: Sequence[int] | None = None, *,
-                 dtype: torch.dtype = torch.float8_e4m3fn, scale_dtype: torch.dtype = torch.float32
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, scale) with scale = max|block| / fp8 max, the layout of `scale_shape`."""
-    rows, cols = weight.shape
-    b0, b1 = scale_block(weight.shape, scale_shape, block)
-    grid_r, grid_c = -(-rows // b0), -(-cols // b1)
-    padded = torch.zeros(grid_r * b0, grid_c * b1, dtype=torch.float64)
-    padded[:rows, :cols] = weight.double()
-    amax = padded.abs().reshape(grid_r, b0, grid_c, b1).amax(dim=(1, 3))
-    fmax = torch.finfo(dtype).max
-    scale = torch.where(amax > 0, amax / fmax, torch.ones_like(amax)).to(scale_dtype)
-    q = (weight.double() / _expand(scale.double(), rows, cols, (b0, b1))).clamp(-fmax, fmax).to(dtype)
-    return q, scale.reshape(tuple(scale_shape))

@@ -98,7 +98,8 @@ class RehearsalReport:
 def _real_structure(entry: dict[str, Any], base: Path) -> tuple[str, dict[str, Any], str | None, str]:
     """(family, config keys, quantisation, where they came from) of the real model."""
     from harness.archs import get_arch, read_config
-    from harness.quantisation import checkpoint_format, zoo_quantisation
+    from harness.quantisation import detect_format
+    from harness.zoo import QUANTS
 
     path = entry["path"]
     try:
@@ -110,7 +111,11 @@ def _real_structure(entry: dict[str, Any], base: Path) -> tuple[str, dict[str, A
         arch = get_arch(config)
         keys = {k: arch.config[k] for k in (arch.expert_count_key, arch.top_k_key, *arch.structure_keys)
                 if k in arch.config}
-        return arch.model_type, keys, zoo_quantisation(checkpoint_format(config)), f"config.json of {source.describe()}"
+        fmt = detect_format(config).name
+        quant = next((name for name, q in QUANTS.items() if q.format == fmt), None)
+        if fmt != "none" and quant is None:
+            raise ValueError(f"model {entry.get('name')}: no zoo stand-in stores weights as {fmt!r}")
+        return arch.model_type, keys, quant, f"config.json of {source.describe()}"
     known = yaml.safe_load(SEED_MODELS.read_text())
     if path in known:
         item = known[path]

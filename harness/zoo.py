@@ -7,7 +7,18 @@ from a fixed seed, then the routers are reshaped so that expert usage is clearly
 uneven: random initialisation routes almost uniformly, which would let broken
 calibration or pruning code pass.
 
-    python -m harness.zoo build DIR [--family F ...]
+    python -m harness.zoo build DIR [--family F ...] [--quant fp8|w4a16]
+
+Quantised variants (`--quant`, `build_model(..., quant=...)`) are the float model,
+quantised after building in the on-disk format of a quantised seed checkpoint:
+
+* `fp8` (Qwen3-Coder-480B-A35B-Instruct-FP8): every Linear weight of attention, dense
+  MLPs, shared and routed experts as float8_e4m3fn with a float32 `weight_scale_inv` per
+  128 x 128 block (grid ceil-divided); embeddings, lm_head, norms and routers stay float
+  and are listed in `modules_to_not_convert`.
+* `w4a16` (Kimi-K2 W4A16, laid out like Kimi-K2-Thinking's native int4 release): the routed
+  experts only, compressed-tensors pack-quantized int4, symmetric, one float32 scale per 32
+  input columns; attention, the dense MLP, shared experts, routers and lm_head stay float.
 """
 
 from __future__ import annotations
@@ -286,12 +297,109 @@ def _use_hub_config_keys(out_dir: Path, model_type: str) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+@dataclass(frozen=True)
+class QuantSpec:
+    """A quantised zoo variant: which seed checkpoint's format it mirrors, and its parameters."""
+
+    name: str
+    format: str  # harness.quantisation.FORMATS
+    mirrors: str
+    block_size: tuple[int, int] | None = None  # fp8_block
+    group_size: int | None = None  # packed
+    scale_dtype: str = "float32"
+
+
+QUANTS: dict[str, QuantSpec] = {
+    "fp8": QuantSpec("fp8", "fp8_block", "Qwen3-Coder-480B-A35B-Instruct-FP8", block_size=(128, 128)),
+    "w4a16": QuantSpec("w4a16", "packed_int4", "Kimi-K2-Instruct W4A16 (routed experts int4, as Kimi-K2-Thinking)",
+                       group_size=32),
+}
+
+# Kimi-K2-Thinking's `ignore` list (what stays float beside lm_head), and the routers.
+_W4A16_IGNORE = ["lm_head", r"re:.*self_attn.*", r"re:.*shared_experts?\..*",
+                 r"re:.*mlp\.(gate|up|gate_up|down)_proj.*", r"re:.*mlp\.gate$"]
+
+
+def _quantised_keys(keys: list[str], shapes: dict[str, tuple[int, ...]], layout, quant: QuantSpec) -> list[str]:
+    """The hub weights a variant stores quantised."""
+    if any(layout.role(k).kind == "fused" for k in keys):
+        raise ValueError(f"{layout.arch.model_type}: the zoo quantises per-expert checkpoints only, not fused "
+                         f"3-D expert tensors")
+    if quant.format == "fp8_block":  # every Linear: 2-D weights but embeddings, lm_head and routers
+        return [k for k in keys if k.endswith(".weight") and len(shapes[k]) == 2
+                and not k.endswith(("embed_tokens.weight", "lm_head.weight")) and layout.role(k).kind != "router"]
+    return [k for k in keys if k.endswith(".weight") and layout.role(k).kind == "expert"]
+
+
+def _ignore_list(kept_modules: list[str]) -> list[str]:
+    """Kimi-K2's patterns, plus any float Linear module they do not cover (other families)."""
+    from harness.quantisation import WeightScheme
+
+    patterns = WeightScheme(targets=tuple(p for p in _W4A16_IGNORE if p.startswith("re:")), num_bits=4,
+                            type="int", strategy="group")
+    extra = [m for m in kept_modules if m != "lm_head" and not patterns.matches(m)]
+    return _W4A16_IGNORE + sorted(extra)
+
+
+def quantise_model(model_dir: str | Path, quant: str) -> dict[str, Any]:
+    """Quantise a float zoo checkpoint in place (tensors, index, config.json); returns what zoo.json records."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from harness.archs import get_arch
+    from harness.checkpoint import ExpertLayout
+    from harness.quantisation import fp8_block_config, packed_int_config, quantise_tensors
+
+    if quant not in QUANTS:
+        raise KeyError(f"unknown zoo quantisation {quant!r}; known: {', '.join(QUANTS)}")
+    spec = QUANTS[quant]
+    out = Path(model_dir)
+    files = sorted(out.glob("*.safetensors"))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        with safe_open(str(file), "pt") as handle:
+            shapes.update({k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()})
+    keys = sorted(shapes)
+    layout = ExpertLayout(get_arch(out), keys)
+    chosen = set(_quantised_keys(keys, shapes, layout, spec))
+    new_keys: dict[str, str] = {}
+    for file in files:
+        tensors = load_file(str(file))
+        mine = [k for k in tensors if k in chosen]
+        new = quantise_tensors(tensors, mine, spec.format, block=spec.block_size or (128, 128),
+                               group_size=spec.group_size, scale_dtype=getattr(torch, spec.scale_dtype))
+        save_file(new, str(file), metadata={"format": "pt"})
+        new_keys.update(dict.fromkeys(new, file.name))
+    index_path = out / "model.safetensors.index.json"
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        index["weight_map"] = dict(sorted(new_keys.items()))
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    kept = sorted({k.rpartition(".")[0] for k in keys if k not in chosen})
+    kept_linear = [m for m in kept if len(shapes.get(f"{m}.weight", ())) == 2 and not m.endswith("embed_tokens")]
+    if spec.format == "fp8_block":
+        qconfig = fp8_block_config(kept, spec.block_size)
+    else:
+        qconfig = packed_int_config(_ignore_list(kept_linear), num_bits=4, group_size=spec.group_size)
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"] = qconfig
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return {"scheme": spec.name, "format": spec.format, "mirrors": spec.mirrors,
+            "block_size": list(spec.block_size) if spec.block_size else None, "group_size": spec.group_size,
+            "scale_dtype": spec.scale_dtype, "quantised_weights": len(chosen)}
+
+
 def build_model(name: str, out_dir: str | Path, seed: int = SEED,
-                overrides: dict[str, Any] | None = None) -> Path:
+                overrides: dict[str, Any] | None = None, quant: str | None = None) -> Path:
     """Write zoo model `name` (config, safetensors, tokenizer, chat template) to out_dir.
 
-    `overrides` changes config values (e.g. a scaled-up copy for benchmarks).
+    `overrides` changes config values (e.g. a scaled-up copy for benchmarks); `quant`
+    ("fp8", "w4a16"; see QUANTS) stores the same model quantised.
     """
+    if quant is not None and quant not in QUANTS:
+        raise KeyError(f"unknown zoo quantisation {quant!r}; known: {', '.join(QUANTS)}")
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -326,10 +434,21 @@ def build_model(name: str, out_dir: str | Path, seed: int = SEED,
         pad_token_id=special["pad"],
         do_sample=False,
     ).save_pretrained(out)
-    (out / "zoo.json").write_text(
-        json.dumps({"family": name, "seed_model": spec.seed_model, "seed": seed}, indent=2)
-    )
+    record: dict[str, Any] = {"family": name, "seed_model": spec.seed_model, "seed": seed}
+    if quant is not None:
+        record["quantisation"] = quantise_model(out, quant)
+    (out / "zoo.json").write_text(json.dumps(record, indent=2))
     return out
+
+
+def zoo_template(family: str) -> str:
+    """The zoo model that mirrors a family (the one named after it)."""
+    if family in ZOO and ZOO[family].model_type == family:
+        return family
+    found = next((name for name, spec in ZOO.items() if spec.model_type == family), None)
+    if found is None:
+        raise KeyError(f"no zoo model of family {family!r}; zoo families: {', '.join(sorted(ZOO))}")
+    return found
 
 
 def add_mtp_layers(model_dir: str | Path, count: int = 1, seed: int = SEED) -> list[str]:
@@ -355,9 +474,12 @@ def add_mtp_layers(model_dir: str | Path, count: int = 1, seed: int = SEED) -> l
     for i in range(count):
         prefix = f"model.layers.{layers + i}."
         for key, tensor in tensors.items():
-            if key.startswith(template):
+            if not key.startswith(template):
+                continue
+            if tensor.dtype in (torch.float32, torch.bfloat16, torch.float16):
                 noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32) * 0.02
-                added[prefix + key[len(template):]] = (tensor.float() + noise).to(tensor.dtype).contiguous()
+                tensor = (tensor.float() + noise).to(tensor.dtype)
+            added[prefix + key[len(template):]] = tensor.clone().contiguous()  # quantised tensors: copied as they are
         added[prefix + "eh_proj.weight"] = torch.randn(hidden, 2 * hidden, generator=generator) * 0.02
         for name in ("enorm.weight", "hnorm.weight", "shared_head.norm.weight"):
             added[prefix + name] = torch.ones(hidden)
@@ -368,10 +490,17 @@ def add_mtp_layers(model_dir: str | Path, count: int = 1, seed: int = SEED) -> l
     return sorted(added)
 
 
-def build_zoo(root: str | Path, families: list[str] | None = None, seed: int = SEED) -> dict[str, Path]:
-    """Build several zoo models under root/<family>; returns their directories."""
+def build_zoo(root: str | Path, families: list[str] | None = None, seed: int = SEED,
+              quant: str | None = None) -> dict[str, Path]:
+    """Build several zoo models under root/<family> (root/<family>-<quant> when quantised)."""
     names = families or list(ZOO)
-    return {name: build_model(name, Path(root) / name, seed=seed) for name in names}
+    return {name: build_model(name, Path(root) / variant_name(name, quant), seed=seed, quant=quant)
+            for name in names}
+
+
+def variant_name(family: str, quant: str | None = None) -> str:
+    """Directory name of a zoo model: the family, with the quantisation appended ("qwen3_moe-fp8")."""
+    return family if quant is None else f"{family}-{quant}"
 
 
 def checkpoint_digest(model_dir: str | Path) -> str:
@@ -391,15 +520,20 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--family", action="append", choices=list(ZOO),
                        help="family to build (repeatable; default: all)")
     build.add_argument("--seed", type=int, default=SEED)
+    build.add_argument("--quant", choices=list(QUANTS),
+                       help="store the model quantised: fp8 (block FP8, as Qwen3-Coder-480B-FP8) or w4a16 "
+                            "(routed experts int4, compressed-tensors, as Kimi-K2 W4A16); goes to DIR/<family>-<quant>")
     sub.add_parser("list", help="list the zoo families")
     args = parser.parse_args(argv)
     if args.command == "list":
         for spec in ZOO.values():
             print(f"{spec.name:18s} {spec.model_type:14s} {spec.seed_model}")
+        for quant in QUANTS.values():
+            print(f"--quant {quant.name:10s} {quant.format:14s} {quant.mirrors}")
         return 0
     for name in args.family or list(ZOO):
-        path = build_model(name, Path(args.dir) / name, seed=args.seed)
-        print(f"built {name:18s} -> {path}")
+        path = build_model(name, Path(args.dir) / variant_name(name, args.quant), seed=args.seed, quant=args.quant)
+        print(f"built {variant_name(name, args.quant):18s} -> {path}")
     return 0
 
 

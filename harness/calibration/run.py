@@ -191,11 +191,10 @@ class _LayerWeights:
     """A checkpoint's tensors by key prefix, dequantised into `dtype` when the checkpoint is quantised."""
 
     def __init__(self, model_dir: str | Path, arch: MoEArch, dtype: torch.dtype):
-        from harness.quantisation import checkpoint_format
+        from harness.quantisation import detect_format
 
         self.reader = ShardReader(model_dir)
-        self.config = read_config(model_dir)
-        self.format = checkpoint_format(self.config)
+        self.format = detect_format(read_config(model_dir), self.reader.key_to_file)
         self.dtype = dtype
 
     def load(self, prefix: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -209,7 +208,7 @@ class _LayerWeights:
     def _dequantised(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from harness.quantisation import dequantise_tensors
 
-        return tensors if self.format is None else dequantise_tensors(tensors, self.config, self.dtype)
+        return dequantise_tensors(tensors, self.format, dtype=self.dtype) if self.format.is_quantised else tensors
 
 
 def _drop_quantisation(config: Any) -> None:
@@ -243,13 +242,13 @@ def resolve_devices(device: str) -> list[torch.device]:
 
 def resolve_dtype(name: str, config: dict) -> str:
     """The calibration dtype's name: "auto" is the checkpoint's dtype (bfloat16 for quantised weights)."""
-    from harness.quantisation import checkpoint_format
+    from harness.quantisation import detect_format
 
     if name != "auto":
         if name not in DTYPES:
             raise ValueError(f"calibration dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
         return name
-    if checkpoint_format(config) is not None:
+    if detect_format(config).is_quantised:
         return "bfloat16"
     text = config.get("text_config", config)
     stored = str(text.get("dtype") or text.get("torch_dtype") or config.get("torch_dtype") or "float32")
@@ -261,10 +260,9 @@ def load_model(model_dir: str | Path, dtype: torch.dtype, devices: list[torch.de
     (accelerate's device map, GPUs only: a model that does not fit them needs sequential mode)."""
     from transformers import AutoModelForCausalLM
 
-    from harness.quantisation import checkpoint_format
+    from harness.quantisation import detect_format
 
-    config = read_config(model_dir)
-    if checkpoint_format(config) is not None:
+    if detect_format(read_config(model_dir)).is_quantised:
         return _load_dequantised(model_dir, dtype, devices)
     if devices == [torch.device("cpu")]:
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
@@ -352,7 +350,7 @@ def calibrate(model_dir: str | Path, spec, *, mean_out: bool = False, router_sim
 
     import harness
     from harness.calibration.data import build_calibration_batch, spec_fingerprint
-    from harness.quantisation import checkpoint_format
+    from harness.quantisation import detect_format
 
     config = read_config(model_dir)
     arch = get_arch(config)
@@ -375,7 +373,7 @@ def calibrate(model_dir: str | Path, spec, *, mean_out: bool = False, router_sim
         "stats_format": STATS_FORMAT_VERSION,
         "model": str(model_dir),
         "family": arch.model_type,
-        "quantisation": checkpoint_format(config),
+        "quantisation": detect_format(config).name,
         "num_experts": arch.num_experts,
         "top_k": arch.top_k,
         "n_group": arch.n_group,
