@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="local .json/.jsonl/.parquet file or HF dataset name (repeatable)")
     parser.add_argument("--samples", type=int, default=1024, help="N packed sequences (default 1024)")
     parser.add_argument("--length", type=int, default=2048, help="L tokens per sequence (default 2048)")
-    parser.add_argument("--packing", choices=["concat", "pad"], default="concat")
+    parser.add_argument("--packing", choices=["concat", "pad", "reap_repo"], default="concat",
+                        help="concat: one eos-joined stream cut into rows; pad: one record per row; reap_repo: "
+                        "as the paper's code, rows start with fresh uniformly drawn records")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="statistics root directory")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             spec = CalibrationSpec(datasets=[_dataset(d) for d in args.data], samples=args.samples,
                                    length=args.length, packing=args.packing, seed=args.seed)
         else:
-            spec = CalibrationSpec.default("code", samples=args.samples, length=args.length)
+            spec = CalibrationSpec.default("code", samples=args.samples, length=args.length).model_copy(
+                update={"packing": args.packing, "seed": args.seed})
     except (UnsupportedModelError, FileNotFoundError, ValidationError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
