@@ -35,9 +35,10 @@ checkpoint writer permutes each member's intermediate neurons onto the dominant 
 checkpoints keep every router slot, so layers with different group counts are served
 unchanged.
 
-MC-SMoE's own global rule differs only at ties: it keeps the experts strictly above
-the frequency of the T-th ranked one, so a tie there gives fewer than T groups; the
-rule here always gives exactly T.
+MC-SMoE's own global rule (`ExpertsGrouper*._assign_num_groups_per_layer`, frequencies
+normalised by the layer's routed count: the same ranking) differs only at ties: it keeps
+the experts strictly above the (T+1)-th largest frequency, so a tie between the T-th and
+(T+1)-th gives fewer than T groups; the rule here always gives exactly T.
 """
 
 from __future__ import annotations
