@@ -302,8 +302,7 @@ def _json_lines(text: str, path: Path) -> list[dict]:
     return records
 
 
-def _hf_records(ds: DatasetSpec, seed: int) -> Iterator[dict]:
-    """Stream the dataset so that only the records actually used are downloaded."""
+def _datasets(ds: DatasetSpec) -> Any:
     try:
         import datasets
     except ImportError as err:
@@ -311,20 +310,18 @@ def _hf_records(ds: DatasetSpec, seed: int) -> Iterator[dict]:
             f"calibration source {ds.source!r} is a Hugging Face dataset and needs the `datasets` "
             "package (pip install datasets), or give a local file"
         ) from err
-    stream = datasets.load_dataset(ds.source, ds.subset, split=ds.split, streaming=True, revision=ds.revision)
+    return datasets
+
+
+def _hf_records(ds: DatasetSpec, seed: int) -> Iterator[dict]:
+    """Stream the dataset so that only the records actually used are downloaded."""
+    stream = _datasets(ds).load_dataset(ds.source, ds.subset, split=ds.split, streaming=True, revision=ds.revision)
     yield from stream.shuffle(seed=seed, buffer_size=HF_SHUFFLE_BUFFER)
 
 
 def _hf_dataset(ds: DatasetSpec) -> Any:
     """The whole split, loaded (not streamed): `reap_repo` draws from all of its records."""
-    try:
-        import datasets
-    except ImportError as err:
-        raise ImportError(
-            f"calibration source {ds.source!r} is a Hugging Face dataset and needs the `datasets` "
-            "package (pip install datasets), or give a local file"
-        ) from err
-    return datasets.load_dataset(ds.source, ds.subset, split=ds.split, revision=ds.revision)
+    return _datasets(ds).load_dataset(ds.source, ds.subset, split=ds.split, revision=ds.revision)
 
 
 def _uniform_draws(records: Any, seed: int) -> Iterator[dict]:
