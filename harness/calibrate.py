@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="local .json/.jsonl/.parquet file or HF dataset name (repeatable)")
     parser.add_argument("--samples", type=int, default=1024, help="N packed sequences (default 1024)")
     parser.add_argument("--length", type=int, default=2048, help="L tokens per sequence (default 2048)")
-    parser.add_argument("--packing", choices=["concat", "pad"], default="concat")
+    parser.add_argument("--packing", choices=["concat", "pad", "reap_repo"], default="concat",
+                        help="concat: one eos-joined stream cut into rows; pad: one record per row; reap_repo: "
+                        "as the paper's code, rows start with fresh uniformly drawn records")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="store directory (statistics go to OUT/calibration/<key>/)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                                    length=args.length, packing=args.packing, seed=args.seed, device=args.device)
         else:
             default = CalibrationSpec.default("code", samples=args.samples, length=args.length)
-            spec = CalibrationSpec(**{**default.model_dump(), "device": args.device})
+            spec = CalibrationSpec(**{**default.model_dump(), "packing": args.packing, "seed": args.seed,
+                                      "device": args.device})
     except (UnsupportedModelError, ModelUnavailableError, FileNotFoundError, ValidationError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

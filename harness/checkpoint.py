@@ -11,9 +11,10 @@ whatever their companion tensors are called.
 
 Merged checkpoints use the paper's materialisation, "shared_slots": every router slot
 is kept and the members of a cluster hold identical (merged) weights; parameter counts
-count each distinct expert once. The output directory appears atomically (written
-beside it under a temporary name, then renamed), so a killed write leaves nothing at
-`out`.
+count each distinct expert once. So layers may have different numbers of distinct
+experts (M-SMoE's global dominance) while config.json keeps one expert count. The
+output directory appears atomically (written beside it under a temporary name, then
+renamed), so a killed write leaves nothing at `out`.
 """
 
 from __future__ import annotations
@@ -853,7 +854,12 @@ def write_checkpoint(plan: Plan, source: str | Path, out: str | Path, *, materia
         "materialisation": materialisation if plan.kind == "merge" else "pruned",
         "family": arch.model_type,
         "expert_count_key": arch.expert_count_key,
-        "experts_per_layer": {"source": arch.num_experts, "router_slots": job.new_count, "distinct": plan.num_groups},
+        # distinct: new experts per layer, one number when every layer has the same count, else
+        # {layer: count} (M-SMoE's global dominance); distinct_total sums them over the layers.
+        "experts_per_layer": {"source": arch.num_experts, "router_slots": job.new_count,
+                              "distinct": plan.num_groups if plan.uniform else
+                              {str(i): n for i, n in sorted(plan.groups_per_layer.items())},
+                              "distinct_total": plan.total_groups},
         "quantisation": job.quantisation,
         "source": {"path": str(source.resolve()), "fingerprint": model_fingerprint(source)},
         "dropped_tensors": job.dropped,

@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         if Path(args.out).exists() and not args.overwrite:
             raise CompressError(f"{args.out} already exists; pass --overwrite to replace it")
         plan = make_plan(args.stats, args.method, args.ratio, args.model, _method_config(args.method_config))
-        print(f"plan: {plan.method} at ratio {plan.ratio:g}: {plan.num_groups} experts per layer "
+        counts = sorted(set(plan.groups_per_layer.values()))
+        per_layer = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]} (total {plan.total_groups})"
+        print(f"plan: {plan.method} at ratio {plan.ratio:g}: {per_layer} experts per layer "
               f"({plan.kind}), plan hash {plan.plan_hash()}", file=sys.stderr)
         info = write_checkpoint(plan, args.model, args.out, materialisation=args.materialisation,
                                 progress=True, overwrite=args.overwrite)

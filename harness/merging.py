@@ -79,15 +79,19 @@ def merge_experts(experts: Sequence[ExpertWeights], weights: Sequence[float], *,
     """Weighted average of experts; with `align`, every member is first permuted onto experts[0].
 
     Computed in `compute_dtype` of the inputs (float32 unless they are float64) and returned
-    in it: the caller casts to its storage dtype.
+    in it: the caller casts to its storage dtype. All-zero weights (a plan's zero expert: a
+    cluster none of whose members was routed, merged as the reference code does) give zeros.
     """
     if len(experts) != len(weights) or not experts:
         raise ValueError(f"need one weight per expert, got {len(experts)} experts and {len(weights)} weights")
     total = float(sum(weights))
-    if any(w < 0 for w in weights) or abs(total - 1.0) > 1e-6:
-        raise ValueError(f"merge weights must be >= 0 and sum to 1, got {list(weights)}")
+    if any(w < 0 for w in weights) or (abs(total - 1.0) > 1e-6 and total != 0.0):
+        raise ValueError(f"merge weights must be >= 0 and sum to 1 (or all be 0), got {list(weights)}")
     dtype = compute_dtype(*(t for e in experts for t in (e.gate, e.up, e.down)))
     first = _as_dtype(experts[0], dtype)
+    if total == 0.0:
+        return ExpertWeights(gate=torch.zeros_like(first.gate), up=torch.zeros_like(first.up),
+                             down=torch.zeros_like(first.down))
     gate, up, down = (first.gate * weights[0], first.up * weights[0], first.down * weights[0])
     for expert, weight in zip(experts[1:], weights[1:], strict=True):
         member = _as_dtype(expert, dtype)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import shutil
 import sys
 import types
@@ -20,6 +21,7 @@ import torch
 from pydantic import ValidationError
 
 from harness.calibration.data import (
+    WRITING_PROMPT_TEMPLATE,
     CalibrationSpec,
     DatasetSpec,
     build_calibration_batch,
@@ -108,6 +110,117 @@ def test_pad_mode_masks_exactly_the_padding(tok):
         padded += real < length
         cut += real == length
     assert padded and cut
+
+
+def reference_draws(n: int, seed: int) -> list[int]:
+    """Uniform draws without replacement as the paper's code makes them: seeded random indices,
+    a repeat drawn again."""
+    rng, order = random.Random(seed), []
+    while len(order) < n:
+        i = rng.randint(0, n - 1)
+        if i not in order:
+            order.append(i)
+    return order
+
+
+def test_reap_repo_rows_start_with_a_fresh_sample(tok):
+    length, rows = 300, 6  # the fixture's templated records are 123..183 tokens: two and a bit per row
+    batch = build_calibration_batch(spec(CODE, samples=rows, length=length, packing="reap_repo", seed=7), tok)
+    assert batch.input_ids.shape == (rows, length)
+    candidates = code_ids(tok)
+    order = iter(reference_draws(len(candidates), 7))
+    for ids, mask in zip(batch.input_ids.tolist(), batch.attention_mask.tolist(), strict=True):
+        # Walk the row: a drawn record (from its first token), one masked position, the next drawn
+        # record, ...; the last one cut at the row's end, its remainder not carried over.
+        pos, pieces = 0, 0
+        while pos < length:
+            record = candidates[next(order)]
+            piece = record[: length - pos]
+            assert ids[pos : pos + len(piece)] == piece and mask[pos : pos + len(piece)] == [1] * len(piece)
+            pos += len(piece)
+            pieces += 1
+            if pos < length:
+                assert mask[pos] == 0 and ids[pos] == tok.pad_token_id  # the reference's gap
+                pos += 1
+        assert pieces >= 2
+        assert ids[0] == candidates[0][0] == tok.convert_tokens_to_ids("<|im_start|>")
+    # Every row starts a record, so the last cut record's rest never opens the next row, and
+    # nothing is drawn twice.
+    concat = build_calibration_batch(spec(CODE, samples=rows, length=length), tok)
+    assert sum(ids[0] == candidates[0][0] for ids in concat.input_ids.tolist()) < rows  # concat rows start mid-record
+
+
+def test_reap_repo_draws_follow_the_seed_and_run_out_clearly(tok):
+    a = build_calibration_batch(spec(CODE, samples=3, length=200, packing="reap_repo"), tok)
+    b = build_calibration_batch(spec(CODE, samples=3, length=200, packing="reap_repo"), tok)
+    c = build_calibration_batch(spec(CODE, samples=3, length=200, packing="reap_repo", seed=1), tok)
+    assert torch.equal(a.input_ids, b.input_ids) and not torch.equal(a.input_ids, c.input_ids)
+    first = code_ids(tok)[reference_draws(30, 0)[0]]
+    assert a.input_ids[0, : len(first)].tolist() == first
+    with pytest.raises(ValueError, match=r"30 non-empty records fill only \d+ of 20 rows of 300 tokens"):
+        build_calibration_batch(spec(CODE, samples=20, length=300, packing="reap_repo"), tok)
+
+
+def test_packing_mode_is_in_the_key():
+    keys = {mode: json.dumps(spec_fingerprint(spec(CODE, samples=8, length=64, packing=mode)), sort_keys=True)
+            for mode in ("concat", "pad", "reap_repo")}
+    assert len(set(keys.values())) == 3
+    assert spec_fingerprint(spec(CODE, samples=8, length=64, packing="reap_repo"))["packing"] == "reap_repo"
+    with pytest.raises(ValidationError, match="packing"):
+        spec(CODE, samples=8, length=64, packing="stream")
+
+
+def bos_tokenizer(template_bos: bool):
+    """The zoo tokenizer made Llama-like: it prepends BOS on encode, and (optionally) its chat
+    template starts with the BOS token too."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = build_tokenizer()
+    bos = tok.convert_tokens_to_ids("<|bos|>")
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", bos)])
+    if template_bos:
+        tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    assert tok("x")["input_ids"][0] == bos  # the stand-in really adds it
+    return tok, bos
+
+
+@pytest.mark.parametrize("packing", ["concat", "pad", "reap_repo"])
+def test_one_bos_after_a_template_that_has_one(packing, text_parquet):
+    tok, bos = bos_tokenizer(template_bos=True)
+    batch = build_calibration_batch(spec(CODE, samples=4, length=400, packing=packing), tok)
+    eos = tok.eos_token_id
+    for ids, mask in zip(batch.input_ids.tolist(), batch.attention_mask.tolist(), strict=True):
+        real = [t for t, m in zip(ids, mask, strict=True) if m]
+        starts = [i for i, t in enumerate(real) if t == bos]
+        assert bos not in [real[i + 1] for i in starts if i + 1 < len(real)]  # never two in a row
+        if packing != "concat":
+            assert real[0] == bos  # a row starts with a record, whose first token is the template's BOS
+        if packing == "concat":
+            assert all(real[i - 1] == eos for i in starts if i > 0)
+    # Plain text is not templated: it gets the tokenizer's own BOS, once.
+    plain = build_calibration_batch(spec(text_parquet, samples=2, length=30, packing="pad"), tok)
+    for row in plain.input_ids.tolist():
+        assert row[0] == bos and row[1] != bos
+
+
+def test_prompt_template_wraps_the_prompt(tok):
+    template = "Story time.\n{prompt}\n(be brief)"
+    batch = build_calibration_batch(
+        spec({"source": str(CODE), "prompt_template": template}, samples=2, length=400, packing="pad"), tok)
+    records = code_records()
+    for row in batch.input_ids.tolist():
+        text = tok.decode(row, skip_special_tokens=False)
+        record = next(r for r in records if f"\n{r['instruction']}\n" in text)
+        assert f"<|im_start|>user\nStory time.\n{record['instruction']}\n(be brief)<|im_end|>" in text
+    plain = spec_fingerprint(spec(CODE, samples=2, length=64))
+    assert spec_fingerprint(spec({"source": str(CODE), "prompt_template": template}, samples=2, length=64)) != plain
+    with pytest.raises(ValidationError, match="exactly once"):
+        DatasetSpec(source=str(CODE), prompt_template="no placeholder")
+    with pytest.raises(ValidationError, match="prompt/response records only"):
+        DatasetSpec(source=str(CODE), text_field="text", prompt_template="{prompt}")
+    with pytest.raises(ValueError, match="its records are 'messages'"):
+        build_calibration_batch(spec({"source": str(CHAT), "prompt_template": "x {prompt}"}, samples=1, length=8),
+                                tok)
 
 
 def test_chat_template_keeps_the_assistant_answer(tok):
@@ -252,6 +365,8 @@ def test_default_specs_name_the_papers_datasets():
     assert code.datasets[0].source == "theblackcat102/evol-codealpaca-v1"
     assert (code.datasets[0].prompt_field, code.datasets[0].response_field) == ("instruction", "output")
     assert default_spec("writing").datasets[0].response_field == "body"
+    assert default_spec("writing").datasets[0].prompt_template == WRITING_PROMPT_TEMPLATE
+    assert WRITING_PROMPT_TEMPLATE.endswith("{prompt}") and "story" in WRITING_PROMPT_TEMPLATE
     assert default_spec("math").datasets[0].source == "allenai/tulu-3-sft-personas-math"
     assert CalibrationSpec.default("c4", samples=7, length=9).samples == 7
     with pytest.raises(ValueError, match="unknown calibration domain"):
@@ -283,6 +398,31 @@ def test_hub_source_streams_only_what_it_needs(tok, monkeypatch):
     assert calls["load"] == ("someone/code-set", "py", "train", True, "r1")
     assert calls["shuffle"][0] == 5
     assert len(served) <= 2  # 128 tokens need at most one record beyond the first
+
+
+def test_hub_source_with_reap_repo_packing_draws_from_the_whole_split(tok, monkeypatch):
+    """reap_repo loads the split (not streamed) and draws from all of it, as the paper's code does."""
+    calls, read = {}, []
+    records = code_records()
+
+    class Split:
+        def __len__(self):
+            return len(records)
+
+        def __getitem__(self, i):
+            read.append(i)
+            return records[i]
+
+    def load_dataset(name, subset, split, revision):
+        calls["load"] = (name, subset, split, revision)
+        return Split()
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    s = spec({"source": "someone/code-set", "revision": "r1"}, samples=2, length=200, packing="reap_repo", seed=3)
+    batch = build_calibration_batch(s, tok)
+    assert calls["load"] == ("someone/code-set", None, "train", "r1")
+    assert read == reference_draws(len(records), 3)[: len(read)] and len(read) >= 3
+    assert batch.input_ids[0, :10].tolist() == code_ids(tok)[read[0]][:10]
 
 
 # --- errors --------------------------------------------------------------------------

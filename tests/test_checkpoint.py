@@ -291,9 +291,74 @@ def test_merging_copies_keeps_logits_and_shares_slots(zoo_dir, family, tmp_path)
     recipe = info.recipe
     assert recipe["materialisation"] == "shared_slots" and recipe["kind"] == "merge"
     assert recipe["experts_per_layer"] == {"source": arch.num_experts, "router_slots": arch.num_experts,
-                                           "distinct": arch.num_experts - 3}
+                                           "distinct": arch.num_experts - 3,
+                                           "distinct_total": (arch.num_experts - 3) * len(layers)}
     assert json.loads((info.path / "config.json").read_text())[arch.expert_count_key] == arch.num_experts
     assert count_parameters(info.path) == _brute_counts(merged, arch.top_k, distinct_removed=3)
+
+
+def _unique_counts(model) -> tuple[int, int]:
+    """(total, distinct experts) from the loaded model by brute force: every state tensor, each MoE layer's
+    routed experts counted once per group of experts whose tensors are all equal."""
+    state = model.state_dict()
+    total = sum(t.numel() for k, t in state.items() if not k.endswith(ROUTED))
+    layers: dict[str, list[torch.Tensor]] = {}
+    for key, t in state.items():
+        if key.endswith(ROUTED):
+            layers.setdefault(key.rsplit(".experts.", 1)[0], []).append(t)
+    distinct = 0
+    for tensors in layers.values():
+        unique: list[int] = []
+        for j in range(tensors[0].shape[0]):
+            if not any(all(torch.equal(t[j], t[u]) for t in tensors) for u in unique):
+                unique.append(j)
+        distinct += len(unique)
+        total += len(unique) * sum(t[0].numel() for t in tensors)
+    return total, distinct
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "llama4_text", "glm4_moe_grouped"])
+def test_non_uniform_merge_with_zero_experts(zoo_dir, family, tmp_path):
+    """Layers with different group counts (M-SMoE's global dominance) and all-zero-weight groups (clusters
+    never routed, merged as the reference code does): every slot kept, zero experts written as zeros,
+    parameter counts equal to a brute-force count of unique tensors."""
+    source = zoo_dir / family
+    arch = get_arch(source)
+    model = _load(source)
+    layers = _moe_layers(model, arch)
+    e = arch.num_experts
+    patterns = [
+        [ExpertGroup(members=[0, 1], weights=[0.5, 0.5]), ExpertGroup(members=[2, 3], weights=[0.0, 0.0])],
+        [ExpertGroup(members=[0, 1, 2, 3], weights=[0.4, 0.3, 0.2, 0.1]),
+         ExpertGroup(members=[4, 5], weights=[0.0, 0.0]), ExpertGroup(members=[6, 7], weights=[0.0, 0.0])],
+        [],
+    ]
+    plan = Plan(method="test_merge", ratio=0.5, kind="merge", layers={
+        i: _merge_plan([i], e, patterns[n % len(patterns)]).layers[i] for n, i in enumerate(layers)})
+    assert not plan.uniform
+    info = write_checkpoint(plan, source, tmp_path / "out", progress=False)
+    merged = _load(info.path)
+    state, src_state = merged.state_dict(), model.state_dict()
+    first, second = layers[0], layers[1]
+    for key in (k for k in state if k.endswith(ROUTED)):
+        got, src = state[key], src_state[key]
+        if f"layers.{first}." in key:
+            assert torch.allclose(got[0], (0.5 * src[0].double() + 0.5 * src[1].double()).float(), atol=1e-6)
+            assert not got[2].any() and not got[3].any()
+            assert torch.equal(got[4:], src[4:])
+        if f"layers.{second}." in key:
+            assert not got[4:8].any()
+            assert torch.equal(got[8:], src[8:])
+    assert json.loads((info.path / "config.json").read_text())[arch.expert_count_key] == e
+    per_layer = {str(i): len(lp.groups) for i, lp in plan.layers.items()}
+    assert info.recipe["experts_per_layer"] == {"source": e, "router_slots": e, "distinct": per_layer,
+                                                "distinct_total": plan.total_groups}
+    total, distinct = _unique_counts(merged)
+    # The two zero experts of a layer are the same tensors: counted once.
+    assert distinct == plan.total_groups - sum(1 for n, _ in enumerate(layers) if n % 3 == 1)
+    assert (info.total_params, info.recipe["routed_experts"]) == (total, distinct)
+    assert count_parameters(info.path)[0] == total
+    assert torch.isfinite(_logits(merged, _batch(source))).all()
 
 
 # -- quantised checkpoints ---------------------------------------------------------------------------------------

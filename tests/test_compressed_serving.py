@@ -49,8 +49,12 @@ def _serve_and_compare(zoo_dir, stats_root, tmp_path, family, method, ratio):
         pytest.skip(f"{family} cannot keep the count ratio {ratio} gives (the CLI reports it)")
     plan = make_plan(_stats(zoo_dir, stats_root, family), method, ratio, source)
     out = write_checkpoint(plan, source, tmp_path / f"{family}-{method}-{ratio}", progress=False).path
+    _serve_and_check(out, tmp_path, f"{family}-{method}")
+
+
+def _serve_and_check(out, tmp_path, name):
+    """vLLM serves the checkpoint at `out`, answers, and its prompt log-probs match transformers'."""
     prompt_ids = AutoTokenizer.from_pretrained(out)(PROMPT).input_ids
-    name = f"{family}-{method}"
     with VLLMServer(out, served_model_name=name, dtype="float32", max_model_len=512,
                     log_path=tmp_path / "vllm.log") as server:
         reply = complete(server.base_url, name, PROMPT, max_tokens=4)
@@ -67,6 +71,28 @@ def _serve_and_compare(zoo_dir, stats_root, tmp_path, family, method, ratio):
 @pytest.mark.parametrize("family, method", PAIRS)
 def test_compressed_checkpoint_is_served(zoo_dir, stats_root, tmp_path, family, method):
     _serve_and_compare(zoo_dir, stats_root, tmp_path, family, method, 0.5)
+
+
+def test_globally_merged_m_smoe_is_served_and_counted(zoo_dir, stats_root, tmp_path):
+    """M-SMoE with global dominance (the default): layers keep different numbers of merged groups, the
+    checkpoint keeps every router slot, vLLM serves it unchanged, and its parameter count is the
+    brute-force count of unique expert tensors."""
+    from tests.test_checkpoint import _load, _unique_counts
+
+    source = zoo_dir / "mixtral"
+    stats = _stats(zoo_dir, stats_root, "mixtral")
+    plan = make_plan(stats, "m_smoe", 0.5, source)
+    per_layer = make_plan(stats, "m_smoe", 0.5, source, {"dominance": "layer"})
+    assert plan.method_config["dominance"] == "global" and not plan.uniform
+    assert per_layer.uniform and plan.total_groups == per_layer.total_groups == 4 * len(plan.layers)
+    info = write_checkpoint(plan, source, tmp_path / "mixtral-m_smoe-global", progress=False)
+    config = json.loads((info.path / "config.json").read_text())
+    assert config["num_local_experts"] == json.loads((source / "config.json").read_text())["num_local_experts"]
+    total, distinct = _unique_counts(_load(info.path))
+    assert (info.total_params, info.recipe["routed_experts"]) == (total, distinct)
+    assert distinct == plan.total_groups
+    assert info.recipe["experts_per_layer"]["distinct"] == {str(i): n for i, n in plan.groups_per_layer.items()}
+    _serve_and_check(info.path, tmp_path, "mixtral-m_smoe-global")
 
 
 @pytest.mark.slow

@@ -92,6 +92,19 @@ def test_merge_rejects_bad_weights():
         merge_experts([_expert(2, 2, 0), _expert(2, 2, 1)], [0.5, 0.6])
     with pytest.raises(ValueError, match="one weight per expert"):
         merge_experts([_expert(2, 2, 0)], [0.5, 0.5])
+    with pytest.raises(ValueError, match=">= 0"):
+        merge_experts([_expert(2, 2, 0), _expert(2, 2, 1)], [1.5, -0.5])
+
+
+@pytest.mark.parametrize("align", [False, True])
+def test_all_zero_weights_give_a_zero_expert(align):
+    """A plan's zero expert (a cluster none of whose members was routed, as the reference merges it)."""
+    b = _expert(8, 4, 1)
+    experts = [_expert(8, 4, 0), ExpertWeights(gate=b.gate.double(), up=b.up.double(), down=b.down.double())]
+    merged = merge_experts(experts, [0.0, 0.0], align=align)
+    assert merged.gate.dtype == torch.float64  # the compute dtype, as for any merge
+    for name in ("gate", "up", "down"):
+        assert torch.equal(getattr(merged, name), torch.zeros_like(getattr(experts[0], name), dtype=torch.float64))
 
 
 def test_fp8_block_dequantisation_matches_a_loop():

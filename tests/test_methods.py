@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import itertools
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,8 +120,57 @@ def test_hc_smoe_clusters_by_output():
 
 
 def test_m_smoe_joins_dominant_by_router_similarity():
-    plan = get_method("m_smoe").plan(CalibrationStatistics({1: make_layer(**MERGE)}), 0.5, ExpertConstraints(4, 2))
-    assert groups(plan, 1) == [([0, 2], [10 / 11, 1 / 11], True), ([1, 3], [0.9, 0.1], True)]
+    for similarity in ("second_order", "first_order"):
+        plan = get_method("m_smoe", {"similarity": similarity}).plan(
+            CalibrationStatistics({1: make_layer(**MERGE)}), 0.5, ExpertConstraints(4, 2))
+        assert groups(plan, 1) == [([0, 2], [10 / 11, 1 / 11], True), ([1, 3], [0.9, 0.1], True)], similarity
+
+
+# Router logits (3 tokens x 4 experts) on which the two similarity orders disagree about expert 3:
+# its logit column is closest to expert 0's (first order), but its distances to the others are
+# shaped like expert 1's (second order).
+ORDERS = dict(count=[10, 9, 1, 1], logits=[[0.0, 2.0, -2.0, 0.0], [-1.0, 2.0, -2.0, 1.0], [2.0, -1.0, -1.0, 1.0]])
+
+
+def test_m_smoe_similarity_orders_differ_and_default_is_the_papers():
+    stats = CalibrationStatistics({0: make_layer(**ORDERS)})
+    first = get_method("m_smoe", {"similarity": "first_order"}).plan(stats, 0.5, ExpertConstraints(4, 2))
+    second = get_method("m_smoe", {"similarity": "second_order"}).plan(stats, 0.5, ExpertConstraints(4, 2))
+    assert [g.members for g in first.layers[0].groups] == [[0, 2, 3], [1]]
+    assert [g.members for g in second.layers[0].groups] == [[0, 2], [1, 3]]
+    assert get_method("m_smoe").plan(stats, 0.5, ExpertConstraints(4, 2)).layers == second.layers
+    assert get_method("m_smoe").config.similarity == "second_order"
+    assert get_method("m_smoe").config.dominance == "global"
+
+
+def reference_second_order(batches: list[np.ndarray]) -> np.ndarray:
+    """The paper repository's M-SMoE similarity, from its definition: per batch, the cosine distance
+    between experts' router-logit columns; averaged over batches weighted by their tokens; then the
+    cosine similarity between rows of that matrix."""
+    total = sum(len(b) for b in batches)
+    distance = np.zeros((batches[0].shape[1],) * 2)
+    for logits in batches:
+        e = logits.shape[1]
+        d = np.array([[1 - logits[:, i] @ logits[:, j] / np.linalg.norm(logits[:, i]) / np.linalg.norm(logits[:, j])
+                       for j in range(e)] for i in range(e)])
+        distance += d * len(logits) / total
+    return np.array([[distance[i] @ distance[j] / np.linalg.norm(distance[i]) / np.linalg.norm(distance[j])
+                      for j in range(len(distance))] for i in range(len(distance))])
+
+
+def test_second_order_similarity_matches_definition_and_is_batch_invariant():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(40, 6))
+    layer = make_layer([1] * 6, logits=logits.tolist())
+    # One batch: ours is exactly the reference's computation.
+    assert np.allclose(layer.router_similarity_second_order.numpy(), reference_second_order([logits]), atol=1e-12)
+    # Statistics accumulated over any batching are the same sums: ours does not move.
+    split = make_layer([1] * 6)
+    split.router_gram = sum(torch.from_numpy(b.T @ b) for b in np.split(logits, [7, 25]))
+    assert torch.allclose(split.router_similarity_second_order, layer.router_similarity_second_order, atol=1e-12)
+    # The reference's per-batch average does depend on the batching.
+    assert not np.allclose(reference_second_order(np.split(logits, [7, 25])), reference_second_order([logits]),
+                           atol=1e-4)
 
 
 def test_uniform_weighting_option():
@@ -167,17 +218,19 @@ def test_hc_smoe_plan_equals_reference_clusters():
         assert list(count[g.members]) == sorted(count[g.members], reverse=True)
 
 
-def test_m_smoe_matches_brute_force():
+@pytest.mark.parametrize("similarity", ["first_order", "second_order"])
+def test_m_smoe_matches_brute_force(similarity):
     """Dominants = the K experts with the largest total count; the assignment maximises total
-    router-logit cosine similarity (computed here from the raw logits), over all assignments."""
+    router-logit similarity (computed here from the raw logits), over all assignments."""
     for seed in range(4):
         rng = np.random.default_rng(seed)
         count = rng.permutation(np.arange(1, 9) * 3)  # distinct counts
         logits = rng.normal(size=(30, 8))
         stats = CalibrationStatistics({0: make_layer(count.tolist(), logits=logits.tolist())})
-        plan = get_method("m_smoe").plan(stats, 0.75, ExpertConstraints(8, 1))
+        plan = get_method("m_smoe", {"similarity": similarity, "dominance": "layer"}).plan(
+            stats, 0.75, ExpertConstraints(8, 1))
         unit = logits / np.linalg.norm(logits, axis=0)
-        cosine = unit.T @ unit
+        cosine = unit.T @ unit if similarity == "first_order" else reference_second_order([logits])
         dominant = max(itertools.combinations(range(8), 2), key=lambda d: count[list(d)].sum())
         others = [j for j in range(8) if j not in dominant]
         best = max(itertools.product(dominant, repeat=len(others)),
@@ -190,6 +243,117 @@ def test_m_smoe_matches_brute_force():
             assert g.align == (len(g.members) > 1)
             assert sum(g.weights) == pytest.approx(1.0, abs=1e-12)
             assert g.weights == pytest.approx((count[g.members] / count[g.members].sum()).tolist(), abs=1e-12)
+
+
+# -- M-SMoE's global dominance ----------------------------------------------------------------
+#
+# Usage frequency f = count / tokens (layer 1 saw twice the tokens): 0.8 0.6 0.4 0.2 | 1.2 0.6 0.4 0 |
+# 1.6 0.3 0.1 0. At ratio 0.5 the model keeps 3 * 2 = 6 dominants: each layer's top expert, then
+# 0.6 (layer 0), 0.6 (layer 1) and 0.4 (layer 0, which wins the tie with layer 1's 0.4).
+GLOBAL = {0: dict(count=[40, 30, 20, 10], tokens=50), 1: dict(count=[120, 60, 40, 0], tokens=100),
+          2: dict(count=[80, 15, 5, 0], tokens=50)}
+
+
+def global_stats(spec: dict) -> CalibrationStatistics:
+    layers = {}
+    for i, kw in spec.items():
+        layer = make_layer(**kw)
+        n = layer.num_experts
+        layer.router_gram = torch.eye(n, dtype=torch.float64)  # all experts equally unlike: ties everywhere
+        layers[i] = layer
+    return CalibrationStatistics(layers)
+
+
+def test_m_smoe_global_dominance_gives_non_uniform_counts():
+    stats = global_stats(GLOBAL)
+    plan = get_method("m_smoe").plan(stats, 0.5, ExpertConstraints(4, 2))
+    assert plan.groups_per_layer == {0: 3, 1: 2, 2: 1} and plan.total_groups == 6 and not plan.uniform
+    assert {i: [g.members[0] for g in lp.groups] for i, lp in plan.layers.items()} == {0: [0, 1, 2], 1: [0, 1],
+                                                                                      2: [0]}
+    assert groups(plan, 0) == [([0, 3], [0.8, 0.2], True), ([1], [1.0], False), ([2], [1.0], False)]
+    assert groups(plan, 1) == [([0, 2, 3], [0.75, 0.25, 0.0], True), ([1], [1.0], False)]
+    assert groups(plan, 2) == [([0, 1, 2, 3], [0.8, 0.15, 0.05, 0.0], True)]
+    with pytest.raises(ValueError, match="different group counts"):
+        _ = plan.num_groups
+    assert Plan.load(plan.save(Path(tempfile.mkdtemp()) / "plan.json")) == plan
+    # The per-layer rule: two groups everywhere.
+    layer = get_method("m_smoe", {"dominance": "layer"}).plan(stats, 0.5, ExpertConstraints(4, 2))
+    assert layer.groups_per_layer == {0: 2, 1: 2, 2: 2}
+    # Frequencies, not raw counts: had layer 1 seen 50 tokens too, its 60 and 40 would lead.
+    same_tokens = global_stats({i: {**kw, "tokens": 50} for i, kw in GLOBAL.items()})
+    assert get_method("m_smoe").plan(same_tokens, 0.5, ExpertConstraints(4, 2)).groups_per_layer == {0: 2, 1: 3,
+                                                                                                    2: 1}
+    # Ratio 0 keeps everything; the most compressed ratio keeps one group per layer.
+    assert get_method("m_smoe").plan(stats, 0.0, ExpertConstraints(4, 2)).groups_per_layer == {0: 4, 1: 4, 2: 4}
+    assert get_method("m_smoe").plan(stats, 0.5, ExpertConstraints(4, 1)).groups_per_layer == {0: 3, 1: 2, 2: 1}
+    assert get_method("m_smoe").plan(stats, 0.75, ExpertConstraints(4, 1)).groups_per_layer == {0: 1, 1: 1, 2: 1}
+
+
+def reference_global_counts(counts: dict[int, list[int]], tokens: dict[int, int], per_layer: int) -> dict[int, int]:
+    """The paper repository's rule, written from its description: each layer's most-used expert
+    (first on ties), then the most-used others of all layers (a stable sort, so ties go to the
+    earlier layer, then the lower index) up to layers * per_layer dominants."""
+    dominant = {(i, max(range(len(c)), key=lambda j, c=c: (c[j], -j))) for i, c in counts.items()}
+    others = [(c[j] / tokens[i], i, j) for i, c in counts.items() for j in range(len(c)) if (i, j) not in dominant]
+    others.sort(key=lambda t: t[0], reverse=True)  # stable: layer-major order among ties
+    dominant |= {(i, j) for _, i, j in others[:len(counts) * per_layer - len(counts)]}
+    return {i: sum(1 for li, _ in dominant if li == i) for i in counts}
+
+
+def mc_smoe_threshold_counts(counts: dict[int, list[int]], per_layer: int) -> dict[int, int]:
+    """MC-SMoE's own global rule: frequencies normalised per layer, each layer's top set to 1,
+    groups = experts strictly above the frequency ranked layers * per_layer (0-based)."""
+    freq = {i: np.array(c, dtype=float) / sum(c) for i, c in counts.items()}
+    for f in freq.values():
+        f[int(np.argmax(f))] = 1.0
+    threshold = np.sort(np.concatenate(list(freq.values())))[::-1][len(counts) * per_layer]
+    return {i: int((f > threshold).sum()) for i, f in freq.items()}
+
+
+def test_m_smoe_global_dominance_matches_the_reference_rules():
+    ties = 0
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        n_layers, e = int(rng.integers(2, 6)), 8
+        counts = {i: rng.integers(0, 6 if seed % 2 else 1000, e).tolist() for i in range(n_layers)}
+        for c in counts.values():
+            c[int(rng.integers(e))] += 1  # every layer routed something
+        # Real statistics have sum(count) = top_k * tokens in every layer; so here (top_k = 1).
+        tokens = {i: sum(c) for i, c in counts.items()}
+        stats = global_stats({i: dict(count=c, tokens=tokens[i]) for i, c in counts.items()})
+        for ratio in (0.25, 0.5, 0.75):
+            per_layer = round(e * (1 - ratio))
+            plan = get_method("m_smoe").plan(stats, ratio, ExpertConstraints(e, 2))
+            expected = reference_global_counts(counts, tokens, per_layer)
+            assert plan.groups_per_layer == expected, (seed, ratio)
+            assert plan.total_groups == n_layers * per_layer
+            for i, lp in plan.layers.items():  # dominants = each layer's most used, ties by lower index
+                assert sorted(g.members[0] for g in lp.groups) == sorted(
+                    sorted(range(e), key=lambda j, i=i: (-counts[i][j], j))[:expected[i]])
+            flat = sorted((c for cs in counts.values() for c in cs), reverse=True)
+            if len(set(flat)) == len(flat):  # no ties anywhere: MC-SMoE's threshold rule agrees
+                assert mc_smoe_threshold_counts(counts, per_layer) == expected, (seed, ratio)
+            else:
+                ties += 1
+    assert ties  # the tie-breaking was exercised
+
+
+def test_m_smoe_global_dominance_keeps_router_groups():
+    # Two router groups of four. Layer 0 routes almost only group 0; layer 1 evenly.
+    stats = global_stats({0: dict(count=[50, 40, 30, 20, 1, 0, 0, 0], tokens=50),
+                          1: dict(count=[10] * 8, tokens=50)})
+    constraints = ExpertConstraints(8, 2, n_group=2, topk_group=1)
+    plan = get_method("m_smoe").plan(stats, 0.5, constraints)
+    # 2 layers x 4 = 8 groups; one seed per (layer, router group), then 0.8, 0.6, 0.4 (layer 0) and a 0.2
+    # tie won by layer 1's lowest remaining index.
+    assert [[g.members for g in plan.layers[i].groups] for i in (0, 1)] == [
+        [[0], [1], [2], [3], [4, 5, 6, 7]],
+        [[0, 2, 3], [1], [4, 5, 6, 7]],
+    ]
+    for lp in plan.layers.values():
+        for g in lp.groups:
+            assert len({j // 4 for j in g.members}) == 1  # never across router groups
+    assert groups(plan, 0)[-1] == ([4, 5, 6, 7], [1.0, 0.0, 0.0, 0.0], True)
 
 
 # -- constraints --------------------------------------------------------------------------------
@@ -292,17 +456,52 @@ def test_zero_count_experts_score_zero_and_ties_go_to_lower_index():
 
 
 def test_merging_never_routed_experts():
+    """The reference code's rules: a never-routed member weighs 0; a cluster of several members none
+    of which was routed merges to a zero expert (0 / eps there); a singleton stays as it is."""
     logits = [[1.0, 0.0, 0.1, 0.2], [0.0, 1.0, 0.9, 0.8]]  # 2 and 3 route like 1
     stats = CalibrationStatistics({0: make_layer([0, 0, 0, 0], logits=logits, mean_out=[[0.0]] * 4)})
-    plan = get_method("m_smoe").plan(stats, 0.5, ExpertConstraints(4, 2))
-    assert groups(plan, 0) == [([0], [1.0], False), ([1, 2, 3], [1 / 3] * 3, True)]
+    for similarity in ("first_order", "second_order"):
+        plan = get_method("m_smoe", {"similarity": similarity}).plan(stats, 0.5, ExpertConstraints(4, 2))
+        assert groups(plan, 0) == [([0], [1.0], False), ([1, 2, 3], [0.0] * 3, True)], similarity
+        assert plan.layers[0].groups[1].is_zero and not plan.layers[0].groups[0].is_zero
+    uniform = get_method("m_smoe", {"unrouted_cluster": "uniform"}).plan(stats, 0.5, ExpertConstraints(4, 2))
+    assert groups(uniform, 0) == [([0], [1.0], False), ([1, 2, 3], [1 / 3] * 3, True)]
     # Identical outputs: every distance ties, resolved by lowest indices.
     plan = get_method("hc_smoe").plan(stats, 0.5, ExpertConstraints(4, 2))
+    assert groups(plan, 0) == [([0, 1, 2], [0.0] * 3, False), ([3], [1.0], False)]
+    plan = get_method("hc_smoe", {"unrouted_cluster": "uniform"}).plan(stats, 0.5, ExpertConstraints(4, 2))
     assert groups(plan, 0) == [([0, 1, 2], [1 / 3] * 3, False), ([3], [1.0], False)]
     mixed = CalibrationStatistics({0: make_layer([4, 0, 0, 1], logits=logits)})
     plan = get_method("m_smoe").plan(mixed, 0.5, ExpertConstraints(4, 2))
     # Dominants 0 and 3 (most used); 1 and 2 route like 3; the unrouted members get weight 0.
     assert groups(plan, 0) == [([0], [1.0], False), ([3, 1, 2], [1.0, 0.0, 0.0], True)]
+
+
+def test_plan_format_rules():
+    from harness.plan import PLAN_FORMAT_VERSION, ExpertGroup, LayerPlan
+
+    single = [ExpertGroup.single(j) for j in range(4)]
+    merged = [ExpertGroup(members=[0, 1, 2, 3], weights=[0.25] * 4)]
+    # A merge plan may have different group counts per layer; a pruning plan may not.
+    plan = Plan(method="m", ratio=0.5, kind="merge", layers={0: LayerPlan(num_experts=4, groups=single),
+                                                             1: LayerPlan(num_experts=4, groups=merged)})
+    assert plan.groups_per_layer == {0: 4, 1: 1} and plan.format_version == PLAN_FORMAT_VERSION == 2
+    with pytest.raises(ValidationError, match="same expert count"):
+        Plan(method="p", ratio=0.5, kind="prune", layers={0: LayerPlan(num_experts=4, groups=single),
+                                                          1: LayerPlan(num_experts=4, groups=single[:2])})
+    with pytest.raises(ValidationError, match="same expert count"):  # version 1 did not allow it
+        Plan.model_validate({**plan.model_dump(mode="json"), "format_version": 1})
+    with pytest.raises(ValidationError, match="not one this harness reads"):
+        Plan.model_validate({**plan.model_dump(mode="json"), "format_version": 3})
+    # A version-1 plan (uniform, weights summing to 1) still loads.
+    old = Plan.model_validate({**Plan.identity({0: 4, 1: 4}).model_dump(mode="json"), "format_version": 1})
+    assert old.num_groups == 4
+    # All-zero weights: only for a merge of two or more.
+    assert ExpertGroup(members=[2, 3], weights=[0.0, 0.0]).is_zero
+    with pytest.raises(ValidationError, match="two or more"):
+        ExpertGroup(members=[2], weights=[0.0])
+    with pytest.raises(ValidationError, match="sum to 1"):
+        ExpertGroup(members=[2, 3], weights=[0.5, 0.0])
 
 
 def test_super_expert_rule():
@@ -356,7 +555,8 @@ def test_plans_validate_and_round_trip(name, tmp_path):
     stats = full_stats()
     for ratio in (0.0, 0.25, 0.5):
         plan = get_method(name).plan(stats, ratio, ExpertConstraints(8, 2), calibration_key="abc")
-        assert plan.num_groups == round(8 * (1 - ratio)) and sorted(plan.layers) == [1, 2, 4]
+        assert plan.total_groups == 3 * round(8 * (1 - ratio)) and sorted(plan.layers) == [1, 2, 4]
+        assert plan.uniform or name == "m_smoe"
         loaded = Plan.load(plan.save(tmp_path / f"{name}-{ratio}.json"))
         assert loaded == plan and loaded.plan_hash() == plan.plan_hash()
         Plan.model_validate(plan.model_dump(mode="json"))
@@ -455,13 +655,21 @@ def test_every_method_plans_every_zoo_family(zoo_stats):
         for name in PRUNING + MERGING:
             for ratio in (0.25, 0.5):
                 plan = get_method(name).plan(stats, ratio, constraints)
-                assert plan.num_groups == constraints.target_count(ratio), (family, name)
+                kept_count = constraints.target_count(ratio)
+                assert plan.total_groups == kept_count * len(stats.layers), (family, name)
+                if name != "m_smoe":
+                    assert plan.num_groups == kept_count, (family, name)
                 assert sorted(plan.layers) == sorted(stats.layers)
                 Plan.model_validate_json(plan.model_dump_json())
-                size, per = constraints.group_size, plan.num_groups // constraints.n_group
-                for lp in plan.layers.values():  # new-expert segment g comes from original group g
-                    for new, g in enumerate(lp.groups):
-                        assert {j // size for j in g.members} == {new // per}, (family, name)
+                size = constraints.group_size
+                for lp in plan.layers.values():  # inside one router group, listed group by group
+                    owners = [{j // size for j in g.members} for g in lp.groups]
+                    assert all(len(o) == 1 for o in owners), (family, name)
+                    assert [o.pop() for o in owners] == sorted(min(g.members) // size for g in lp.groups)
+                    assert set(min(g.members) // size for g in lp.groups) == set(range(constraints.n_group))
+                    if plan.kind == "prune":  # the same count in every router group
+                        assert all(sum(1 for g in lp.groups if g.members[0] // size == r) == kept_count //
+                                   constraints.n_group for r in range(constraints.n_group)), (family, name)
         if constraints.n_group > 1:
             for ratio in (0.1, 0.3, 0.75):
                 with pytest.raises(InfeasibleRatioError, match="Feasible kept counts: 8 .*, 12 .*, 16"):
@@ -480,6 +688,21 @@ def test_zoo_methods_follow_their_statistic(zoo_stats):
     stats, constraints = zoo_stats["qwen3_moe"]
     reap, freq = (get_method(name).plan(stats, 0.5, constraints) for name in ("reap", "frequency"))
     assert kept(reap) != kept(freq)  # uneven zoo routing: the scores disagree somewhere
+
+
+def test_zoo_m_smoe_global_dominance_follows_the_reference_rule(zoo_stats):
+    differs = 0
+    for family, (stats, constraints) in zoo_stats.items():
+        if constraints.n_group > 1:
+            continue  # the reference rule has no router groups (see the grouped test above)
+        counts = {i: [int(c) for c in layer.count.tolist()] for i, layer in stats.layers.items()}
+        tokens = {i: layer.tokens for i, layer in stats.layers.items()}
+        for ratio in (0.25, 0.5):
+            kept_count = constraints.target_count(ratio)
+            plan = get_method("m_smoe").plan(stats, ratio, constraints)
+            assert plan.groups_per_layer == reference_global_counts(counts, tokens, kept_count), (family, ratio)
+            differs += not plan.uniform
+    assert differs  # uneven zoo routing: the global rule really moves groups between layers
 
 
 def test_zoo_super_experts_are_kept(zoo_stats):

@@ -95,6 +95,9 @@ def test_seed_sweeps_dry_run_offline(sweep, capsys, monkeypatch):
 
 
 def test_seed_sweeps_cover_the_paper_models():
+    # ... and calibrate as the paper's code packs its samples.
+    assert {p.stem: load_sweep(p).calibration.packing for p in SEED_SWEEPS} == {
+        p.stem: "reap_repo" for p in SEED_SWEEPS}
     names = {load_sweep(p).models[0].name for p in SEED_SWEEPS}
     assert {"ERNIE-4.5-21B-A3B", "Qwen3-30B-A3B", "Mixtral-8x7B-Instruct-v0.1", "Llama-4-Scout-17B-16E-Instruct",
             "GLM-4.5-Air", "Qwen3-Coder-480B-A35B-Instruct-FP8", "Kimi-K2-Instruct-W4A16"} <= names

@@ -5,6 +5,27 @@ sequences, packed into N rows of L tokens (DESIGN.md, "Statistics"). Everything 
 changes the tokens lives in `CalibrationSpec`, and `spec_fingerprint` turns it into the
 calibration part of the cache key. Validating a spec or fingerprinting it does not
 import torch, transformers or `datasets`.
+
+Packing modes (`CalibrationSpec.packing`):
+
+* `concat`: records in seeded order (local files fully shuffled; hub datasets streamed
+  through a shuffle buffer of HF_SHUFFLE_BUFFER records), joined by eos into one stream
+  that is cut into rows, so most rows start inside a record;
+* `pad`: one record per row, cut at L, padded (masked) to L;
+* `reap_repo`: as the paper's repository (`reap/data.py`, the packed branch of its
+  dataset processor): records are drawn uniformly without replacement from the whole
+  dataset (seeded `random.Random(seed).randint` over the record indices, a repeated index
+  drawn again, the reference's procedure; hub datasets are loaded whole, not streamed),
+  every row starts with the first token of a freshly drawn record, records follow one
+  another with one masked position between them (the reference leaves that gap), and
+  the record that overflows the row is cut there, its remainder dropped.
+
+Tokens: chat-templated text is tokenised without the tokenizer's own special tokens,
+since the template already holds the ones the model expects (so a tokenizer that adds a
+BOS on its own does not put a second one after the template's); plain text (and turns
+joined with `apply_chat_template: false`) gets the tokenizer's own special tokens (its
+BOS, if it adds one), as a served completion request would. (The reference tokenises
+templated text with the tokenizer's specials too, giving such tokenizers two BOS.)
 """
 
 from __future__ import annotations
@@ -25,7 +46,8 @@ if TYPE_CHECKING:
     import torch
 
 # Bump when the way records become tokens changes: it is part of the fingerprint.
-CALIBRATION_FORMAT_VERSION = 1
+# 2: plain text gets the tokenizer's own special tokens (BOS).
+CALIBRATION_FORMAT_VERSION = 2
 
 LOCAL_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet")
 # Streaming datasets are shuffled through a buffer of this many records (a full shuffle
@@ -48,6 +70,8 @@ TEXT_FIELDS = ("text", "content")
 ROLE_ALIASES = {"human": "user", "gpt": "assistant", "model": "assistant", "bot": "assistant"}
 
 RecordFormat = Literal["messages", "prompt_response", "text"]
+Packing = Literal["concat", "pad", "reap_repo"]
+PROMPT_PLACEHOLDER = "{prompt}"
 Messages = list[dict[str, str]]
 Sample = Messages | str  # a conversation to chat-template, or plain text
 
@@ -66,9 +90,20 @@ class DatasetSpec(BaseModel):
     prompt_field: str | None = None
     response_field: str | None = None
     text_field: str | None = None
+    prompt_template: str | None = Field(
+        default=None,
+        description="prompt/response records only: the user turn is this text with {prompt} replaced by the "
+                    "record's prompt (e.g. an instruction before a WritingPrompts prompt)",
+    )
 
     @model_validator(mode="after")
     def _fields_consistent(self) -> DatasetSpec:
+        if self.prompt_template is not None:
+            if self.prompt_template.count(PROMPT_PLACEHOLDER) != 1:
+                raise ValueError(f"{self.source}: prompt_template must contain {PROMPT_PLACEHOLDER} exactly once, "
+                                 f"got {self.prompt_template!r}")
+            if self.text_field or self.format in ("text", "messages"):
+                raise ValueError(f"{self.source}: prompt_template applies to prompt/response records only")
         if (self.prompt_field is None) != (self.response_field is None):
             raise ValueError(f"{self.source}: give prompt_field and response_field together")
         if self.prompt_field and self.text_field:
@@ -100,7 +135,7 @@ class CalibrationSpec(BaseModel):
     datasets: list[DatasetSpec] = Field(min_length=1)
     samples: PositiveInt = Field(description="N, the number of rows")
     length: PositiveInt = Field(description="L, tokens per row")
-    packing: Literal["concat", "pad"] = "concat"
+    packing: Packing = Field(default="concat", description="concat | pad | reap_repo (module docstring)")
     seed: int = 0
     apply_chat_template: bool = True
     chat_template_kwargs: dict[str, JsonValue] = Field(default_factory=dict)
@@ -136,8 +171,12 @@ class CalibrationSpec(BaseModel):
 
 # The paper's calibration domains. Field names checked against public loaders of these
 # datasets; evol-codealpaca has instruction/output, WritingPrompts_curated prompt/body,
-# tulu personas math a `messages` list, c4 `text`. The paper's own loader also prefixes
-# WritingPrompts prompts with a short instruction sentence; that is not reproduced here.
+# tulu personas math a `messages` list, c4 `text`. The paper's own loader also puts a
+# one-sentence instruction to write a story before each WritingPrompts prompt; ours says
+# the same in our own words (WRITING_PROMPT_TEMPLATE). For token-identical calibration, set
+# `prompt_template` to the reference's sentence (`reap/data.py`, WritingPromptsChatDataset)
+# with {prompt} where the prompt goes.
+WRITING_PROMPT_TEMPLATE = "Write a creative story based on this writing prompt:\n\n{prompt}"
 DEFAULT_DATASETS: dict[str, dict[str, Any]] = {
     "code": {
         "source": "theblackcat102/evol-codealpaca-v1",
@@ -149,6 +188,7 @@ DEFAULT_DATASETS: dict[str, dict[str, Any]] = {
         "source": "euclaise/WritingPrompts_curated",
         "prompt_field": "prompt",
         "response_field": "body",
+        "prompt_template": WRITING_PROMPT_TEMPLATE,
     },
     "math": {"source": "allenai/tulu-3-sft-personas-math", "format": "messages"},
 }
@@ -269,8 +309,7 @@ def _json_lines(text: str, path: Path) -> list[dict]:
     return records
 
 
-def _hf_records(ds: DatasetSpec, seed: int) -> Iterator[dict]:
-    """Stream the dataset so that only the records actually used are downloaded."""
+def _datasets(ds: DatasetSpec) -> Any:
     try:
         import datasets
     except ImportError as err:
@@ -278,12 +317,39 @@ def _hf_records(ds: DatasetSpec, seed: int) -> Iterator[dict]:
             f"calibration source {ds.source!r} is a Hugging Face dataset and needs the `datasets` "
             "package (pip install datasets), or give a local file"
         ) from err
-    stream = datasets.load_dataset(ds.source, ds.subset, split=ds.split, streaming=True, revision=ds.revision)
+    return datasets
+
+
+def _hf_records(ds: DatasetSpec, seed: int) -> Iterator[dict]:
+    """Stream the dataset so that only the records actually used are downloaded."""
+    stream = _datasets(ds).load_dataset(ds.source, ds.subset, split=ds.split, streaming=True, revision=ds.revision)
     yield from stream.shuffle(seed=seed, buffer_size=HF_SHUFFLE_BUFFER)
 
 
-def _records(ds: DatasetSpec, seed: int) -> Iterator[dict]:
+def _hf_dataset(ds: DatasetSpec) -> Any:
+    """The whole split, loaded (not streamed): `reap_repo` draws from all of its records."""
+    return _datasets(ds).load_dataset(ds.source, ds.subset, split=ds.split, revision=ds.revision)
+
+
+def _uniform_draws(records: Any, seed: int) -> Iterator[dict]:
+    """Records drawn uniformly without replacement, the reference's way: random indices from a
+    seeded `random.Random`, an index already drawn is drawn again, until every record was drawn."""
+    rng = random.Random(seed)
+    n = len(records)
+    drawn: set[int] = set()
+    while len(drawn) < n:
+        i = rng.randint(0, n - 1)
+        if i in drawn:
+            continue
+        drawn.add(i)
+        yield records[i]
+
+
+def _records(ds: DatasetSpec, seed: int, packing: str = "concat") -> Iterator[dict]:
     """Records in the seeded order in which they are selected."""
+    if packing == "reap_repo":
+        yield from _uniform_draws(_local_records(ds) if ds.is_local else _hf_dataset(ds), seed)
+        return
     if not ds.is_local:
         yield from _hf_records(ds, seed)
         return
@@ -341,6 +407,9 @@ def _reader(ds: DatasetSpec, first: dict) -> Callable[[dict], Sample | None]:
                 "(`prompt_field` + `response_field`, or `text_field`)"
             )
 
+    if ds.prompt_template is not None and fmt != "prompt_response":
+        raise ValueError(f"calibration dataset {ds.source!r}: prompt_template applies to prompt/response "
+                         f"records, but its records are {fmt!r}")
     if fmt == "messages":
         key = need(next((f for f in MESSAGE_FIELDS if f in first), MESSAGE_FIELDS[0]))
         return lambda record: _messages(record.get(key))
@@ -366,14 +435,16 @@ def _reader(ds: DatasetSpec, first: dict) -> Callable[[dict], Sample | None]:
         extra = _text(record.get("input")) if prompt_key == "instruction" else None  # Alpaca's input
         if extra:
             prompt = f"{prompt}\n\n{extra}"
+        if ds.prompt_template is not None:
+            prompt = ds.prompt_template.replace(PROMPT_PLACEHOLDER, prompt)
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
     return to_messages
 
 
-def _samples(ds: DatasetSpec, seed: int) -> Iterator[Sample]:
+def _samples(ds: DatasetSpec, seed: int, packing: str = "concat") -> Iterator[Sample]:
     """Non-empty samples of one dataset, in selection order."""
-    records = _records(ds, seed)
+    records = _records(ds, seed, packing)
     first = next(records, None)
     if first is None:
         return
@@ -389,7 +460,8 @@ def _samples(ds: DatasetSpec, seed: int) -> Iterator[Sample]:
 
 def _encoder(spec: CalibrationSpec, tokenizer: Any) -> Callable[[Sample], list[int]]:
     """Chat-template conversations (answer included, no generation prompt) and tokenise
-    without adding special tokens: the template already holds the ones the model expects."""
+    without adding special tokens: the template already holds the ones the model expects.
+    Plain text is tokenised with the tokenizer's own special tokens (its BOS, if any)."""
     if spec.apply_chat_template and not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         raise ValueError(
@@ -399,14 +471,14 @@ def _encoder(spec: CalibrationSpec, tokenizer: Any) -> Callable[[Sample], list[i
 
     def encode(sample: Sample) -> list[int]:
         if isinstance(sample, str):
-            text = sample  # plain text is never chat-templated
+            text, templated = sample, False  # plain text is never chat-templated
         elif spec.apply_chat_template:
-            text = tokenizer.apply_chat_template(
+            text, templated = tokenizer.apply_chat_template(
                 sample, tokenize=False, add_generation_prompt=False, **spec.chat_template_kwargs
-            )
+            ), True
         else:
-            text = "\n\n".join(m["content"] for m in sample)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            text, templated = "\n\n".join(m["content"] for m in sample), False
+        return list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
 
     return encode
 
@@ -435,6 +507,34 @@ def _concat_rows(
     return [stream[i * length : (i + 1) * length] for i in range(rows)]
 
 
+def _reap_repo_rows(
+    encoded: Iterable[list[int]], rows: int, length: int, pad_id: int, label: str
+) -> list[tuple[list[int], list[int]]]:
+    """(ids, mask) rows as the paper's repository packs them: each row starts with a fresh
+    record; records follow with one masked position after each; the record that overflows
+    is cut at the row's end and the rest of it dropped."""
+    samples = (ids for ids in encoded if ids)
+    out: list[tuple[list[int], list[int]]] = []
+    used = 0
+    for _ in range(rows):
+        ids, mask, pos = [pad_id] * length, [0] * length, 0
+        while pos < length:
+            sample = next(samples, None)
+            if sample is None:
+                raise ValueError(
+                    f"calibration dataset {label!r}: its {used} non-empty records fill only {len(out)} of "
+                    f"{rows} rows of {length} tokens with packing='reap_repo' (every record is used once); "
+                    "lower samples/length or add data"
+                )
+            used += 1
+            piece = sample[: length - pos]
+            ids[pos : pos + len(piece)] = piece
+            mask[pos : pos + len(piece)] = [1] * len(piece)
+            pos += len(piece) + 1  # the reference leaves one masked position after each record
+        out.append((ids, mask))
+    return out
+
+
 def _pad_rows(encoded: Iterable[list[int]], rows: int, length: int, label: str) -> list[list[int]]:
     """One sample per row, truncated to `length` (padding is added by the caller)."""
     out = []
@@ -450,12 +550,17 @@ def _pad_rows(encoded: Iterable[list[int]], rows: int, length: int, label: str) 
 
 
 def _dataset_rows(spec: CalibrationSpec, ds: DatasetSpec, rows: int, encode: Callable[[Sample], list[int]],
-                  eos_id: int | None) -> list[list[int]]:
-    """The token rows one dataset contributes (unpadded); ValueError when it cannot fill them."""
-    encoded = (encode(sample) for sample in _samples(ds, spec.seed))
+                  eos_id: int | None, pad_id: int) -> list[tuple[list[int], list[int]]]:
+    """The (ids, mask) rows of `spec.length` one dataset contributes; ValueError when it cannot fill them."""
+    length = spec.length
+    encoded = (encode(sample) for sample in _samples(ds, spec.seed, spec.packing))
+    if spec.packing == "reap_repo":
+        return _reap_repo_rows(encoded, rows, length, pad_id, ds.source)
     if spec.packing == "concat":
-        return _concat_rows(encoded, rows, spec.length, eos_id, ds.source)
-    return _pad_rows(encoded, rows, spec.length, ds.source)
+        block = _concat_rows(encoded, rows, length, eos_id, ds.source)
+    else:
+        block = _pad_rows(encoded, rows, length, ds.source)
+    return [(ids + [pad_id] * (length - len(ids)), [1] * len(ids) + [0] * (length - len(ids))) for ids in block]
 
 
 def data_problems(spec: CalibrationSpec, tokenizer: Any) -> list[str]:
@@ -469,7 +574,7 @@ def data_problems(spec: CalibrationSpec, tokenizer: Any) -> list[str]:
     for ds, rows in zip(spec.datasets, spec.rows_per_dataset(), strict=True):
         if ds.is_local:
             try:
-                _dataset_rows(spec, ds, rows, encode, tokenizer.eos_token_id)
+                _dataset_rows(spec, ds, rows, encode, tokenizer.eos_token_id, tokenizer.pad_token_id or 0)
             except (ValueError, FileNotFoundError) as exc:
                 problems.append(str(exc))
     return problems
@@ -490,9 +595,9 @@ def build_calibration_batch(spec: CalibrationSpec, tokenizer: Any) -> Calibratio
     mask_rows: list[list[int]] = []
     sources: list[str] = []
     for ds, rows in zip(spec.datasets, spec.rows_per_dataset(), strict=True):
-        for ids in _dataset_rows(spec, ds, rows, encode, eos_id):
-            ids_rows.append(ids + [pad_id] * (length - len(ids)))
-            mask_rows.append([1] * len(ids) + [0] * (length - len(ids)))
+        for ids, mask in _dataset_rows(spec, ds, rows, encode, eos_id, pad_id):
+            ids_rows.append(ids)
+            mask_rows.append(mask)
         sources.extend([ds.source] * rows)
     return CalibrationBatch(
         input_ids=torch.tensor(ids_rows, dtype=torch.long),

@@ -67,6 +67,24 @@ class LayerStatistics:
         norms = self.router_gram.diagonal().clamp(min=1e-300).sqrt()
         return self.router_gram / norms[:, None] / norms[None, :]
 
+    @property
+    def router_similarity_second_order(self) -> torch.Tensor | None:
+        """Cosine similarity between the experts' rows of the router-logit cosine-distance matrix.
+
+        D = 1 - router_similarity (first order, over all calibration tokens at once);
+        entry [i, j] is cos(D[i, :], D[j, :]): two experts are alike when they are equally far
+        from every other expert. This is the M-SMoE similarity of the paper's repository,
+        which however averages a per-batch D over batches, so its value depends on the
+        batching; this one is computed from the float64 Gram matrix and does not. A zero row
+        (an expert parallel to every other) has similarity 0 to all.
+        """
+        first = self.router_similarity
+        if first is None:
+            return None
+        distance = 1.0 - first
+        norms = distance.norm(dim=1).clamp(min=1e-300)
+        return (distance @ distance.T) / norms[:, None] / norms[None, :]
+
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {name: getattr(self, name) for name in ROUTED_STATS}
         out["tokens"] = torch.tensor([self.tokens], dtype=torch.float64)

@@ -10,8 +10,11 @@ value = "module:Class"), so listing methods or validating a sweep never imports 
         stats, 0.5, ExpertConstraints.from_config(config))
 
 Conventions every method follows: the same kept count in every layer (and in every router
-group); ties go to the lower expert index; never-routed experts score 0 (REAP, EAN mean)
-and get weight 0 in a frequency-weighted merge (uniform if no member was routed).
+group), except M-SMoE's global dominance, whose merged layers keep different numbers of
+groups (all router slots stay); ties go to the lower expert index; never-routed experts
+score 0 (REAP, EAN mean) and get weight 0 in a frequency-weighted merge (a cluster of
+several never-routed experts becomes a zero expert, as in the reference code, unless
+`unrouted_cluster: uniform`; see `harness.methods.merging`).
 """
 
 from __future__ import annotations

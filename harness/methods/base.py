@@ -49,7 +49,8 @@ class Method(ABC):
     # -- the one entry point -------------------------------------------------------------
     def plan(self, stats: CalibrationStatistics, ratio: float, constraints: ExpertConstraints, *,
              calibration_key: str = "") -> Plan:
-        """The plan that removes `ratio` of the experts of every MoE layer."""
+        """The plan that removes `ratio` of the experts of every MoE layer (a merge with global
+        dominance: of all MoE layers together, layers keeping different numbers of groups)."""
         kept = constraints.target_count(ratio)  # raises InfeasibleRatioError first
         self.check_statistics(stats, constraints)
         layers = self.plan_layers(stats, kept, constraints)
@@ -59,7 +60,8 @@ class Method(ABC):
     @abstractmethod
     def plan_layers(self, stats: CalibrationStatistics, kept: int, constraints: ExpertConstraints
                     ) -> dict[int, LayerPlan]:
-        """Per MoE layer, `kept` new experts (already checked feasible)."""
+        """Per MoE layer, `kept` new experts (already checked feasible; `kept` on average for a merge
+        that moves groups between layers)."""
 
     # -- checks ---------------------------------------------------------------------------
     def check_statistics(self, stats: CalibrationStatistics, constraints: ExpertConstraints) -> None:
