@@ -500,3 +500,60 @@ def packed_int_config(ignore: Iterable[str], *, num_bits: int = 4, group_size: i
         "quant_method": "compressed-tensors",
         "quantization_status": "compressed",
     }
+
+
+# -- a dequantised copy, for servers without the kernels -------------------------------------------------------
+def dequantised_copy(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write `model_dir` with every quantised projection dequantised (one shard per decoder layer, so one
+    layer is in memory at a time), the config without its quantisation section; side files copied.
+
+    For serving a quantised checkpoint where the local vLLM lacks its kernels (vLLM's CPU build needs
+    AMX for FP8 blocks and int4 MoE): the answers are the dequantised model's, which the caller records.
+    """
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from harness.atomic import make_temp_dir
+    from harness.calibration.checkpoint_io import ShardReader
+
+    source, out = Path(model_dir), Path(out_dir)
+    config = json.loads((source / "config.json").read_text())
+    reader = ShardReader(source)
+    fmt = detect_format(config, reader.key_to_file)
+    if dtype is None:
+        stored = str(config.get("dtype") or config.get("torch_dtype") or "bfloat16")
+        dtype = getattr(torch, stored) if stored in ("float32", "bfloat16", "float16") else torch.bfloat16
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")
+    try:
+        groups: dict[str, list[str]] = {}
+        for key in reader.key_to_file:
+            parts = key.split(".")
+            group = ".".join(parts[:3]) if len(parts) > 3 and parts[1] == "layers" else "rest"
+            groups.setdefault(group, []).append(key)
+        weight_map, total = {}, 0
+        for number, (group, keys) in enumerate(sorted(groups.items()), start=1):
+            tensors = dequantise_tensors(reader.load_keys(keys), fmt, dtype=dtype) if fmt.is_quantised \
+                else reader.load_keys(keys)
+            tensors = {k: v.contiguous() for k, v in tensors.items()}
+            name = f"model-{number:05d}-of-{len(groups):05d}.safetensors"
+            save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(tensors, name))
+            total += sum(t.numel() * t.element_size() for t in tensors.values())
+        for path in source.iterdir():
+            if path.is_file() and not path.name.endswith(".safetensors") and path.name not in (
+                    "config.json", "model.safetensors.index.json"):
+                shutil.copyfile(path, tmp / path.name)
+        config.pop("quantization_config", None)
+        config.pop("compression_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=1) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from harness.hub import HubAccess, ModelUnavailableError, add_to_cache, resolve
+from harness.serving import serves_quantised_weights
 
 log = logging.getLogger("harness.rehearsal")
 
@@ -228,7 +229,11 @@ def _end_replies_early(model_dir: Path) -> None:
 
 
 def _slug(path: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in path.replace("/", "--"))
+    """A hub-valid name for a model or dataset id ("zai-org/GLM-4.5-Air" -> "zai-org_GLM-4.5-Air")."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.strip("/.~").replace("/", "_"))
+    while "--" in slug or ".." in slug:
+        slug = slug.replace("--", "-").replace("..", ".")
+    return slug[:96]
 
 
 # -- the rehearsed sweep ---------------------------------------------------------------------------------
@@ -274,7 +279,8 @@ def _rehearsed_calibration(raw: dict[str, Any], root: Path, report: RehearsalRep
             known = next((v for v in DEFAULT_DATASETS.values() if v["source"] == d["source"]), {})
             fields = {k: known[k] for k in ("format", "prompt_field", "response_field", "text_field") if k in known}
         fields = fields or dict(DEFAULT_FIELDS)
-        path = root / "calibration" / f"{i}-{_slug(d['source'])}.jsonl"
+        hub_name = d["source"]
+        path = root / "calibration" / f"{i}-{_slug(hub_name)}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         # Enough records for any packing: one per row, several rows' worth of tokens.
         records = _calibration_records(fields, count=max(4 * rows, 64))
@@ -282,8 +288,9 @@ def _rehearsed_calibration(raw: dict[str, Any], root: Path, report: RehearsalRep
         for key in ("subset", "split", "revision"):
             d.pop(key, None)
         d.update(fields, source=str(path))
-        report.substitutions.append(f"calibration dataset {i}: hub dataset {d.get('_hub', fields)} -> local records "
-                                    f"with the same fields {sorted(fields)} ({path.name})")
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(fields.items()))
+        report.substitutions.append(f"calibration dataset {i}: hub dataset {hub_name} -> local records of the same "
+                                    f"shape ({shown}) in {path.name}")
     calibration["samples"], calibration["length"] = rows, new_length
     report.substitutions.append(f"calibration: {n} x {length} tokens -> {rows} x {new_length} "
                                 f"(packing {calibration.get('packing', 'concat')!r} and composition kept)")
@@ -302,7 +309,14 @@ def _rehearsed_tasks(raw: dict[str, Any], data_dir: Path | None, tokenizer: Path
     for spec in expand_task_names(cfg.tasks):
         task = get_task_class(spec.name)(spec.options)
         judge = placeholder if task.category == "creative_writing" else None
-        problems = task.check_ready(TaskContext(endpoint=placeholder, data_dir=data_dir, judge=judge))
+        ctx = TaskContext(endpoint=placeholder, data_dir=data_dir, judge=judge)
+        problems = task.check_ready(ctx) + [r for r in [task.not_run_reason(ctx)] if r]
+        if data_dir is None:
+            problems.append("no local benchmark data (give --data-dir)")
+        elif not problems:  # offline, a task that would fall back to its hub copy cannot run either
+            missing = [p for p in task.data_files(data_dir) if not p.exists()]
+            if missing:
+                problems.append(f"no local copy ({len(missing)} data file(s) missing, e.g. {missing[0]})")
         if problems:
             report.tasks_not_rehearsed[spec.name] = "; ".join(problems)
             continue
@@ -333,6 +347,11 @@ def rehearsal_sweep(raw: dict[str, Any], root: Path, *, data_dir: Path | None, s
             report.substitutions.append(f"{entry['name']}: tensor_parallel_size {serving['tensor_parallel_size']} "
                                         "-> 1 (one CPU server)")
             serving["tensor_parallel_size"] = 1
+        if stand_in.quantisation and not serves_quantised_weights():
+            report.substitutions.append(f"{entry['name']}: served as a dequantised copy (this machine's vLLM has no "
+                                        f"{stand_in.quantisation} kernels: its CPU build needs AMX); calibration and "
+                                        "checkpoints stay quantised")
+            serving["dequantise"] = True
         new = {**entry, "path": stand_in.hub_id, "experts": stand_in.experts, "serving": serving}
         new.pop("revision", None)
         new["family"] = stand_in.family

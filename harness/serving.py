@@ -52,6 +52,18 @@ def cuda_available() -> bool:
         return False
 
 
+def serves_quantised_weights() -> bool:
+    """Whether this machine's vLLM has kernels for FP8-block and int4 (compressed-tensors) MoE checkpoints:
+    the CUDA build does; the CPU build only on CPUs with AMX tiles (Sapphire Rapids or newer)."""
+    if cuda_available():
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_tile" in flags
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

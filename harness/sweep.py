@@ -307,6 +307,21 @@ class Runner:
             self._judge_server.stop()
             self._judge_server = None
 
+    def dequantised(self, jobs: ModelJobs, variant: Variant, model_dir: Path) -> Path:
+        """A dequantised copy of a quantised checkpoint, stored once (serving.dequantise)."""
+        from harness.archs import read_config
+        from harness.quantisation import dequantised_copy, detect_format
+
+        if not detect_format(read_config(model_dir)).is_quantised:
+            return model_dir
+        of = variant.checkpoint_key or stage_key("source", {"model": jobs.identity})
+        key = stage_key("dequantised", {"model": of})
+        out = self.store.dir("dequantised", key) / "model"
+        if not self.store.is_done("dequantised", key):
+            dequantised_copy(model_dir, out)
+            self.store.mark_done("dequantised", key, {"job": variant.label}, settings={"model": of})
+        return out
+
     def evaluate(self, jobs: ModelJobs, variant: Variant, model_dir: Path) -> None:
         """Serve the variant once and run every task it still lacks."""
         from harness.serving import VLLMServer, complete
@@ -318,6 +333,12 @@ class Runner:
         if not missing:
             return
         serving = jobs.model.serving
+        if serving.dequantise:
+            try:
+                with self.job("dequantise", variant.variant_id, variant.label):
+                    model_dir = self.dequantised(jobs, variant, model_dir)
+            except _JobFailed:
+                return
         server_log = self.store.root / "logs" / f"vllm-{variant.variant_id}.log"
         name = f"{jobs.model.slug}-{variant.method_name}-{variant.ratio:g}"
         server_key = stage_key("serve", {"variant": variant.variant_id})
@@ -649,15 +670,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--until", choices=STAGES, default="eval",
                         help="stop after this stage (e.g. write every checkpoint now, evaluate later)")
     parser.add_argument("--no-progress", action="store_true")
+    rehearsal = parser.add_argument_group("rehearsal", "the sweep as written, on tiny stand-ins of its models, "
+                                          "on this machine (CPU) in minutes: the step before a cluster launch")
+    rehearsal.add_argument("--rehearse", action="store_true", help="rehearse instead of running for real")
+    rehearsal.add_argument("--rehearsal-dir", default=None, metavar="DIR",
+                           help="where the rehearsal keeps its stand-ins, work and results (default rehearsals/<name>)")
+    rehearsal.add_argument("--rehearse-samples", type=int, default=2, metavar="N",
+                           help="samples per task in the rehearsal (default 2)")
+    rehearsal.add_argument("--data-dir", default=None, metavar="DIR",
+                           help="offline benchmark data for the rehearsal (default: the sweep's data_dir, else "
+                           "../shared/datasets)")
     args = parser.parse_args(argv)
     # Job logs get INFO; the console only warnings with --no-progress.
     console = logging.StreamHandler()
     console.setLevel(logging.WARNING if args.no_progress else logging.INFO)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.INFO, handlers=[console])
+    report = None
     try:
-        cfg = load_sweep(args.sweep)
-    except SweepConfigError as exc:
+        if args.rehearse:
+            from harness.rehearsal import prepare
+
+            cfg, report = prepare(args.sweep, root=args.rehearsal_dir, data_dir=args.data_dir,
+                                  samples=args.rehearse_samples)
+            print("\n".join(report.lines()))
+        else:
+            cfg = load_sweep(args.sweep)
+    except (SweepConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # SIGTERM (a scheduler's cancel) unwinds like Ctrl-C, so vLLM servers are stopped on the way out.
@@ -667,8 +706,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, stage in enumerate(STAGES):
         if stage in force:
             force.update(STAGES[i:])
-    return run(cfg, filters=Filters.parse(args.only), force=sorted(force), dry=args.dry_run,
+    code = run(cfg, filters=Filters.parse(args.only), force=sorted(force), dry=args.dry_run,
                progress=not args.no_progress, until=args.until)
+    if report is not None:
+        for task, why in report.tasks_not_rehearsed.items():
+            print(f"not rehearsed: {task}: {why}")
+        verdict = "dry run" if args.dry_run else "passed" if code == 0 else "FAILED"
+        print(f"rehearsal {verdict}: {len(report.tasks_rehearsed)} task(s) rehearsed, "
+              f"{len(report.tasks_not_rehearsed)} not; report {cfg.work_path.parent / 'rehearsal.json'}")
+    return code
 
 
 if __name__ == "__main__":

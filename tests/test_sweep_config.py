@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import SweepConfigError, load_sweep
+from harness.config import SweepConfig, SweepConfigError, load_sweep, read_sweep_file
 from harness.sweep import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,24 +81,28 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("sweep", SEED_SWEEPS, ids=lambda p: p.stem)
-def test_seed_sweeps_dry_run_offline(sweep, capsys, monkeypatch):
-    """Every seed sweep validates and prints its plan here, with no network and nothing downloaded."""
+def test_seed_sweeps_name_an_uncached_hub_model_clearly(sweep, capsys, monkeypatch, tmp_path):
+    """Offline with an empty Hugging Face cache, a seed sweep stops in validation and says what to do
+    (the rehearsal, tests/test_rehearsal.py, is how they are exercised here)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.chdir(REPO)
-    assert main([str(sweep), "--dry-run", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    cfg = load_sweep(sweep)
-    for model in cfg.models:
-        assert model.name in out
-    # baseline + methods x ratios variants, each listed
-    assert out.count("to do") + out.count("cached") >= len(cfg.methods) * len(cfg.ratios)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    assert main([str(sweep), "--dry-run", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    raw = read_sweep_file(sweep)
+    for model in raw["models"]:
+        assert f"({model['name']}): hub model {model['path']} (revision main) is not in the Hugging Face cache" in err
+    assert "hf download" in err and "HF_HUB_OFFLINE" in err
 
 
 def test_seed_sweeps_cover_the_paper_models():
+    configs = {p.stem: SweepConfig(**read_sweep_file(p)) for p in SEED_SWEEPS}  # the schema; hub ids unresolved
     # ... and calibrate as the paper's code packs its samples.
-    assert {p.stem: load_sweep(p).calibration.packing for p in SEED_SWEEPS} == {
-        p.stem: "reap_repo" for p in SEED_SWEEPS}
-    names = {load_sweep(p).models[0].name for p in SEED_SWEEPS}
+    assert {stem: cfg.calibration.packing for stem, cfg in configs.items()} == dict.fromkeys(configs, "reap_repo")
+    names = {cfg.models[0].name for cfg in configs.values()}
     assert {"ERNIE-4.5-21B-A3B", "Qwen3-30B-A3B", "Mixtral-8x7B-Instruct-v0.1", "Llama-4-Scout-17B-16E-Instruct",
             "GLM-4.5-Air", "Qwen3-Coder-480B-A35B-Instruct-FP8", "Kimi-K2-Instruct-W4A16"} <= names
 

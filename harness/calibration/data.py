@@ -590,7 +590,6 @@ def build_calibration_batch(spec: CalibrationSpec, tokenizer: Any) -> Calibratio
     if spec.packing == "concat" and eos_id is None:
         raise ValueError("packing='concat' separates samples with the eos token, but the tokenizer has none")
 
-    length = spec.length
     ids_rows: list[list[int]] = []
     mask_rows: list[list[int]] = []
     sources: list[str] = []

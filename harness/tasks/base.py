@@ -141,6 +141,10 @@ class Task(ABC):
             return []
         return [f"{self.name}: missing data file {p}" for p in self.data_files(ctx.data_dir) if not p.exists()]
 
+    def not_run_reason(self, ctx: TaskContext) -> str:
+        """Why `run` would return status "not_run" here (an optional data file absent); "" when it would run."""
+        return ""
+
     @abstractmethod
     def run(self, ctx: TaskContext) -> TaskResult: ...
 

@@ -246,7 +246,7 @@ class MCTask(Task):
 
     # -- run --
     def run(self, ctx: TaskContext) -> TaskResult:
-        missing_reason = self._not_run_reason(ctx)
+        missing_reason = self.not_run_reason(ctx)
         if missing_reason:
             return TaskResult(task=self.name, category=self.category, status="not_run", reason=missing_reason,
                               provenance=self.base_provenance(ctx))
@@ -294,7 +294,7 @@ class MCTask(Task):
         return TaskResult(task=self.name, category=self.category, score=metrics[self.spec.metric],
                           metrics=metrics, n_samples=len(records), samples=records, provenance=provenance)
 
-    def _not_run_reason(self, ctx: TaskContext) -> str:
+    def not_run_reason(self, ctx: TaskContext) -> str:
         if ctx.data_dir is None or not self.spec.no_offline_reason:
             return ""
         path = ctx.data_dir / self.spec.data_file
