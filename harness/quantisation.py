@@ -533,7 +533,7 @@ def dequantised_copy(model_dir: str | Path, out_dir: str | Path, dtype: torch.dt
             group = ".".join(parts[:3]) if len(parts) > 3 and parts[1] == "layers" else "rest"
             groups.setdefault(group, []).append(key)
         weight_map, total = {}, 0
-        for number, (group, keys) in enumerate(sorted(groups.items()), start=1):
+        for number, (_group, keys) in enumerate(sorted(groups.items()), start=1):
             tensors = dequantise_tensors(reader.load_keys(keys), fmt, dtype=dtype) if fmt.is_quantised \
                 else reader.load_keys(keys)
             tensors = {k: v.contiguous() for k, v in tensors.items()}

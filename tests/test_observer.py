@@ -58,7 +58,8 @@ def brute_force(model, arch, batch, routing=None):
         x_all = inputs[layer.index].reshape(-1, hidden)
         y_all = outputs[layer.index].reshape(-1, hidden)
         stats = {name: torch.zeros(n_exp, dtype=torch.float64)
-                 for name in ("count", "gate_sum", "ean_sum", "reap_sum", "max_act")}
+                 for name in ("count", "gate_sum", "ean_sum", "reap_sum", "max_abs_act")}
+        stats["max_act"] = torch.full((n_exp,), -torch.inf, dtype=torch.float64)
         mean_out = torch.zeros(n_exp, hidden, dtype=torch.float64)
         gram = torch.zeros(n_exp, n_exp, dtype=torch.float64)
         weights = [arch.expert_weights(layer, j) for j in range(n_exp)]
@@ -76,13 +77,15 @@ def brute_force(model, arch, batch, routing=None):
                     stats["gate_sum"][j] += g
                     stats["ean_sum"][j] += norm
                     stats["reap_sum"][j] += g * norm
-                    stats["max_act"][j] = max(stats["max_act"][j].item(), f.abs().max().item())
+                    stats["max_act"][j] = max(stats["max_act"][j].item(), f.max().item())  # signed
+                    stats["max_abs_act"][j] = max(stats["max_abs_act"][j].item(), f.abs().max().item())
                 if routing is None:
                     torch.testing.assert_close(combined, y_all[t], atol=1e-5, rtol=1e-4)
                 for j in range(n_exp):
                     mean_out[j] += _expert(weights[j], x).double()
                 logits = own.logits.double().reshape(-1)
                 gram += torch.outer(logits, logits)
+        stats["max_act"] = torch.where(stats["count"] > 0, stats["max_act"], 0.0)  # never routed: 0
         stats["mean_out"] = mean_out / int(real.sum())
         stats["router_gram"] = gram
         result[layer.index] = stats
@@ -100,7 +103,7 @@ def _assert_matches(observed, reference):
     assert set(observed) == set(reference)
     for index, ref in reference.items():
         got = observed[index]
-        for name in ("count", "gate_sum", "ean_sum", "reap_sum", "max_act"):
+        for name in ("count", "gate_sum", "ean_sum", "reap_sum", "max_act", "max_abs_act"):
             torch.testing.assert_close(getattr(got, name), ref[name], rtol=RTOL, atol=1e-9,
                                        msg=lambda m, n=name, i=index: f"layer {i} {n}: {m}")
         # Signed sums cancel, so entries are compared relative to the tensor's scale.
@@ -162,7 +165,7 @@ def test_statistics_do_not_depend_on_batch_size_or_padding(zoo_dir, family):
     for index, ref in reference.items():
         for name, tensor in ref.tensors().items():
             _close(one_by_one[index].tensors()[name], tensor, f"batch size 1, layer {index} {name}")
-            doubled = tensor if name in ("max_act",) else 2 * tensor
+            doubled = tensor if name in ("max_act", "max_abs_act") else 2 * tensor
             _close(padded[index].tensors()[name], doubled, f"padded, layer {index} {name}")
 
 
@@ -206,3 +209,60 @@ def test_adapter_reads_config_keys(zoo_dir, family):
         assert (arch.n_group, arch.topk_group) == (4, 2)
     shared = {layer.shared is not None for layer in layers}
     assert shared == {family not in ("qwen3_moe", "mixtral")}
+
+
+def _paper_code_routing(arch, renormalise: bool):
+    """The paper code's formula, written out: top-k of the raw router logits, softmax over all logits,
+    renormalised over the selected experts when the config has norm_topk_prob."""
+    from harness.archs.base import Routing
+
+    def route(layer, x):
+        logits = arch.route(layer, x).logits.float()
+        index = logits.topk(arch.top_k, dim=-1).indices
+        weights = torch.softmax(logits, dim=-1).gather(1, index)
+        if renormalise:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return Routing(index=index, weights=weights, logits=logits)
+    return route
+
+
+def _observed(model, arch, batch, routing):
+    with torch.no_grad(), Observer(model, arch, routing=routing) as observer:
+        observer.set_mask(batch.attention_mask)
+        logits = model(**batch).logits
+    return observer.stats, logits
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "glm4_moe", "deepseek_v3", "llama4_text", "mixtral"])
+def test_reap_repo_routing_is_the_paper_codes_formula(zoo_dir, family):
+    _, model, arch, batch = _setup(zoo_dir, family)
+    ours, plain_logits = _observed(model, arch, batch, "model")
+    paper, paper_logits = _observed(model, arch, batch, "reap_repo")
+    # The forward is the model's own in both modes: only what is recorded differs.
+    torch.testing.assert_close(paper_logits, plain_logits, atol=1e-5, rtol=1e-5)
+    renormalise = bool(arch.config.get("norm_topk_prob", False))
+    reference = brute_force(model, arch, batch, routing=_paper_code_routing(arch, renormalise))
+    for index, ref in reference.items():
+        for name in ("count", "gate_sum", "ean_sum", "reap_sum", "max_act", "max_abs_act"):
+            torch.testing.assert_close(getattr(paper[index], name), ref[name], rtol=RTOL, atol=1e-9,
+                                       msg=lambda m, n=name, i=index: f"layer {i} {n}: {m}")
+    same = all(torch.equal(ours[i].count, paper[i].count) and torch.allclose(ours[i].reap_sum, paper[i].reap_sum,
+                                                                             rtol=1e-9, atol=0) for i in ours)
+    if family == "qwen3_moe":  # softmax top-k with renormalisation: the paper's code is right there
+        assert same
+        for i in ours:
+            for name, tensor in ours[i].tensors().items():
+                _close(paper[i].tensors()[name], tensor, f"layer {i} {name}")
+    elif family in ("glm4_moe", "deepseek_v3"):  # sigmoid, correction bias, scaling: it is not
+        assert not same
+        assert any(not torch.equal(ours[i].count, paper[i].count) for i in ours), "the selection differs too"
+
+
+def test_routing_mode_is_part_of_the_calibration_key():
+    from harness.calibration.data import CalibrationSpec, spec_fingerprint
+
+    spec = {"datasets": [{"source": "org/data"}], "samples": 4, "length": 8}
+    model = spec_fingerprint(CalibrationSpec(**spec))
+    paper = spec_fingerprint(CalibrationSpec(**spec, routing="reap_repo"))
+    assert model != paper and paper["routing"] == "reap_repo"
+    assert spec_fingerprint(CalibrationSpec(**spec, device="cpu")) == model

@@ -62,9 +62,9 @@ def test_statistics_equal_brute_force_on_the_dequantised_weights(quant_zoo, refe
     assert set(stats.layers) == set(expected)
     for index, ref in expected.items():
         got = stats.layers[index]
-        for name in ("count", "gate_sum", "ean_sum", "reap_sum", "max_act"):
+        for name in ("count", "gate_sum", "ean_sum", "reap_sum", "max_act", "max_abs_act"):
             torch.testing.assert_close(getattr(got, name), ref[name], rtol=RTOL, atol=1e-9,
-                                       msg=lambda m, n=name: f"{quant} layer {index} {n}: {m}")
+                                       msg=lambda m, n=name, i=index: f"{quant} layer {i} {n}: {m}")
         for name in ("mean_out", "router_gram"):
             scale = ref[name].abs().max().item()
             torch.testing.assert_close(getattr(got, name), ref[name], rtol=RTOL, atol=RTOL * scale)

@@ -139,6 +139,9 @@ class CalibrationSpec(BaseModel):
     seed: int = 0
     apply_chat_template: bool = True
     chat_template_kwargs: dict[str, JsonValue] = Field(default_factory=dict)
+    # Whose routing the statistics record: the model's own ("model"), or what the paper's public code
+    # records for every family ("reap_repo": top-k of raw logits, softmax weights; see the observer).
+    routing: Literal["model", "reap_repo"] = "model"
     # Where calibration runs: "auto" (every visible GPU, else the CPU), "cpu", "cuda" (every visible
     # GPU) or "cuda:N". Not part of the key: the statistics do not depend on it.
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")

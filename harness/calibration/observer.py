@@ -19,6 +19,9 @@ from torch import nn
 from harness.archs.base import MoEArch, MoELayer
 from harness.calibration.statistics import LayerStatistics
 
+# "model": the routing the model computes (the default); "reap_repo": what the paper's public code records.
+ROUTING_MODES = ("model", "reap_repo")
+
 
 class _Accumulator:
     """One layer's running sums, on the device the layer runs on, so recording never waits for the GPU.
@@ -31,7 +34,8 @@ class _Accumulator:
         def zeros(*shape: int) -> torch.Tensor:
             return torch.zeros(*shape, dtype=torch.float64, device=device)
 
-        self.count, self.gate_sum, self.ean_sum, self.reap_sum, self.max_act = (zeros(num_experts) for _ in range(5))
+        self.count, self.gate_sum, self.ean_sum, self.reap_sum, self.max_abs_act = (zeros(num_experts) for _ in range(5))
+        self.max_act = torch.full((num_experts,), -torch.inf, dtype=torch.float64, device=device)
         self.tokens = zeros(())
         self.mean_out_sum = zeros(num_experts, hidden) if mean_out else None
         self.router_gram = zeros(num_experts, num_experts) if router_similarity else None
@@ -46,10 +50,11 @@ class _Accumulator:
 
     def to_statistics(self, num_experts: int, hidden: int) -> LayerStatistics:
         stats = LayerStatistics(num_experts=num_experts, hidden_size=hidden)
-        for name in ("count", "gate_sum", "ean_sum", "reap_sum", "max_act", "mean_out_sum", "router_gram",
+        for name in ("count", "gate_sum", "ean_sum", "reap_sum", "max_abs_act", "mean_out_sum", "router_gram",
                      "router_logit_sum"):
             value = getattr(self, name)
             setattr(stats, name, None if value is None else value.cpu())
+        stats.max_act = torch.where(self.count > 0, self.max_act, 0.0).cpu()  # never routed: 0
         stats.tokens = int(self.tokens.item())
         return stats
 
@@ -59,8 +64,14 @@ class Observer:
 
     def __init__(self, model: nn.Module | None, arch: MoEArch, *, mean_out: bool = False,
                  router_similarity: bool = False, layers: list[MoELayer] | None = None,
-                 hidden_size: int | None = None):
+                 hidden_size: int | None = None, routing: str = "model"):
+        if routing not in ROUTING_MODES:
+            raise ValueError(f"routing must be one of {', '.join(ROUTING_MODES)}, got {routing!r}")
         self.arch = arch
+        self.routing = routing
+        # reap_repo: the paper code renormalises the top-k softmax weights when the config asks for it.
+        self.renormalise = bool(arch.config.get("norm_topk_prob", False))
+        self._logits: dict[int, torch.Tensor] = {}
         self.layers = layers if layers is not None else arch.moe_layers(model)
         self.mean_out = mean_out
         self.router_similarity = router_similarity
@@ -94,7 +105,7 @@ class Observer:
     def attach(self, layers: list[MoELayer] | None = None) -> None:
         for layer in layers if layers is not None else self.layers:
             self._undo.append(self.arch.instrument(layer, self._record))
-            if self.router_similarity:
+            if self.router_similarity or self.routing == "reap_repo":
                 handle = layer.router.register_forward_hook(self._router_hook(layer))
                 self._undo.append(handle.remove)
 
@@ -119,6 +130,10 @@ class Observer:
     def _router_hook(self, layer: MoELayer):
         def hook(module, args, output):
             logits = self.arch.router_logits_from_output(output).reshape(-1, layer.num_experts)
+            if self.routing == "reap_repo":
+                self._logits[layer.index] = logits.detach()
+            if not self.router_similarity:
+                return
             sums = self._accumulator(layer, logits.device)
             real = self._real(logits.shape[0], logits.device)
             masked = logits.double() * real[:, None]
@@ -126,14 +141,26 @@ class Observer:
             sums.router_logit_sum += masked.sum(0)
         return hook
 
+    def _reap_repo_routing(self, layer: MoELayer, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the paper's code records: top-k of the raw router logits, weights from a softmax over all
+        logits (renormalised over the selected experts when the config has norm_topk_prob); no correction
+        bias, no groups, no sigmoid, whatever the family."""
+        logits = self._logits.pop(layer.index, None)
+        if logits is None or logits.shape[0] != n_tokens:
+            raise RuntimeError(f"layer {layer.index}: no router logits for the {n_tokens} tokens of this call")
+        index = logits.topk(layer.top_k, dim=-1).indices
+        weights = torch.softmax(logits.float(), dim=-1).gather(1, index)
+        if self.renormalise:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return index, weights
+
     def _record(self, layer: MoELayer, hidden: torch.Tensor, index: torch.Tensor,
                 weights: torch.Tensor, scale_input: bool) -> torch.Tensor:
         sums = self._accumulator(layer, hidden.device)
         real = self._real(hidden.shape[0], hidden.device)
-        realf = real.double()
-        sums.tokens += realf.sum()
+        sums.tokens += real.double().sum()
         out = torch.zeros_like(hidden)
-        tokens, slots, experts, norms = [], [], [], []
+        outputs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for j in torch.unique(index).tolist():
             if j >= layer.num_experts:  # transformers' "dropped token" sentinel
                 continue
@@ -147,19 +174,34 @@ class Observer:
                 f = self.arch.expert_forward(layer, j, x)
                 contribution = f * g[:, None]
             out.index_add_(0, token, contribution.to(out.dtype))
-            # Padding rows count as 0, never as the maximum (|f| >= 0).
-            peak = (f.detach().abs() * real[token, None]).amax().double()
-            sums.max_act[j] = torch.maximum(sums.max_act[j], peak)
-            tokens.append(token)
-            slots.append(slot)
-            experts.append(torch.full_like(token, j))
-            norms.append(torch.linalg.vector_norm(f.detach(), dim=-1, dtype=torch.float64))
-        if tokens:
-            token, slot = torch.cat(tokens), torch.cat(slots)
-            sums.add_routed(torch.cat(experts), weights[token, slot].detach().double(), torch.cat(norms),
-                            realf[token])
+            outputs[j] = (token, slot, f.detach())
+        if self.routing == "model":
+            self._accumulate(sums, real, weights, outputs)
+        else:  # the statistics follow the paper code's routing; the forward stays the model's own
+            stat_index, stat_weights = self._reap_repo_routing(layer, hidden.shape[0])
+            recorded = {}
+            for j in torch.unique(stat_index).tolist():
+                token, slot = torch.where(stat_index == j)
+                recorded[j] = (token, slot, self.arch.expert_forward(layer, j, hidden[token]).detach())
+            self._accumulate(sums, real, stat_weights, recorded)
         if sums.mean_out_sum is not None:
             x_all = hidden[real]
             for j in range(layer.num_experts):
                 sums.mean_out_sum[j] += self.arch.expert_forward(layer, j, x_all).sum(0, dtype=torch.float64)
         return out
+
+    @staticmethod
+    def _accumulate(sums: _Accumulator, real: torch.Tensor, weights: torch.Tensor,
+                    outputs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        """Routed statistics from expert j's outputs f on its (token, slot) pairs; padding counts as nothing."""
+        if not outputs:
+            return
+        for j, (token, _, f) in outputs.items():
+            keep = real[token, None]
+            sums.max_act[j] = torch.maximum(sums.max_act[j], torch.where(keep, f, -torch.inf).amax().double())
+            sums.max_abs_act[j] = torch.maximum(sums.max_abs_act[j], (f.abs() * keep).amax().double())
+        token = torch.cat([t for t, _, _ in outputs.values()])
+        slot = torch.cat([s for _, s, _ in outputs.values()])
+        experts = torch.cat([torch.full_like(t, j) for j, (t, _, _) in outputs.items()])
+        norms = torch.cat([torch.linalg.vector_norm(f, dim=-1, dtype=torch.float64) for _, _, f in outputs.values()])
+        sums.add_routed(experts, weights[token, slot].detach().double(), norms, real[token].double())

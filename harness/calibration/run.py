@@ -52,11 +52,11 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def calibrate_loaded(model: nn.Module, arch: MoEArch, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      *, batch_size: int = 8, mean_out: bool = False, router_similarity: bool = False,
-                     progress: bool = False) -> dict[int, LayerStatistics]:
+                     routing: str = "model", progress: bool = False) -> dict[int, LayerStatistics]:
     """Statistics of a model already in memory (on one device, or spread over several)."""
     device = model.get_input_embeddings().weight.device
     n_batches = -(-input_ids.shape[0] // batch_size)
-    with Observer(model, arch, mean_out=mean_out, router_similarity=router_similarity) as observer, \
+    with Observer(model, arch, mean_out=mean_out, router_similarity=router_similarity, routing=routing) as observer, \
             torch.no_grad(), _progress(n_batches, "calibrating", progress) as bar:
         for ids, mask in _batches(input_ids, attention_mask, batch_size):
             observer.set_mask(mask)
@@ -104,7 +104,7 @@ def _layer_inputs(model: nn.Module, layers: nn.ModuleList, ids: torch.Tensor, ma
 def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                          batch_size: int = 8, mean_out: bool = False, router_similarity: bool = False,
                          dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                         progress: bool = False) -> dict[int, LayerStatistics]:
+                         routing: str = "model", progress: bool = False) -> dict[int, LayerStatistics]:
     """Statistics with one decoder layer in memory at a time (plus the hidden states).
 
     The layer runs on `device`; the hidden states stay there too when they fit in half of its
@@ -129,7 +129,7 @@ def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attenti
     layers = arch.decoder_layers(model)
     moe_layers = {layer.index: layer for layer in arch.moe_layers(model)}
     observer = Observer(None, arch, mean_out=mean_out, router_similarity=router_similarity,
-                        layers=list(moe_layers.values()), hidden_size=config.hidden_size)
+                        layers=list(moe_layers.values()), hidden_size=config.hidden_size, routing=routing)
 
     batches = list(_batches(input_ids, attention_mask, batch_size))
     home = _activation_home(device, input_ids.numel() * config.hidden_size * torch.finfo(dtype).bits // 8)
@@ -363,11 +363,12 @@ def calibrate(model_dir: str | Path, spec, *, mean_out: bool = False, router_sim
     if sequential:
         stats = calibrate_sequential(model_dir, batch.input_ids, batch.attention_mask, batch_size=batch_size,
                                      mean_out=mean_out, router_similarity=router_similarity, dtype=torch_dtype,
-                                     device=devices[0], progress=progress)
+                                     device=devices[0], routing=spec.routing, progress=progress)
     else:
         model = load_model(model_dir, torch_dtype, devices)
         stats = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask, batch_size=batch_size,
-                                 mean_out=mean_out, router_similarity=router_similarity, progress=progress)
+                                 mean_out=mean_out, router_similarity=router_similarity, routing=spec.routing,
+                                 progress=progress)
         del model
     manifest = {
         "stats_format": STATS_FORMAT_VERSION,
@@ -384,6 +385,7 @@ def calibrate(model_dir: str | Path, spec, *, mean_out: bool = False, router_sim
         "tokens": int(batch.attention_mask.sum()),
         "mean_out": mean_out,
         "router_similarity": router_similarity,
+        "routing": spec.routing,
         "dtype": dtype_name,
         # Not part of the key: how the numbers were produced.
         "run": {"sequential": sequential, "batch_size": batch_size, "devices": [str(d) for d in devices],

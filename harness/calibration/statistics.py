@@ -16,9 +16,9 @@ import torch
 from harness.atomic import atomic_write
 
 # Bump when a statistic's definition or the file layout changes: it is part of the cache key.
-STATS_FORMAT_VERSION = 1
+STATS_FORMAT_VERSION = 2  # 2: max_act is the signed maximum; max_abs_act added
 
-ROUTED_STATS = ("count", "gate_sum", "ean_sum", "reap_sum", "max_act")
+ROUTED_STATS = ("count", "gate_sum", "ean_sum", "reap_sum", "max_act", "max_abs_act")
 
 
 @dataclass
@@ -31,7 +31,9 @@ class LayerStatistics:
     gate_sum: torch.Tensor = field(init=False)  # [E] sum of combine weights g_j(x)
     ean_sum: torch.Tensor = field(init=False)  # [E] sum of ||f_j(x)||
     reap_sum: torch.Tensor = field(init=False)  # [E] sum of g_j(x) * ||f_j(x)||
-    max_act: torch.Tensor = field(init=False)  # [E] max |f_j(x)| entry over routed x
+    # [E] the largest entry of f_j(x) over routed x, signed, as the paper's code records it (0 if never routed)
+    max_act: torch.Tensor = field(init=False)
+    max_abs_act: torch.Tensor = field(init=False)  # [E] the largest |entry| of f_j(x) over routed x
     tokens: int = 0  # real (non-padding) tokens seen by the layer
     mean_out_sum: torch.Tensor | None = None  # [E, H] sum over all x of f_j(x)
     router_gram: torch.Tensor | None = None  # [E, E] sum over x of logits^T logits
@@ -40,7 +42,7 @@ class LayerStatistics:
     def __post_init__(self) -> None:
         zeros = lambda: torch.zeros(self.num_experts, dtype=torch.float64)  # noqa: E731
         self.count, self.gate_sum, self.ean_sum, self.reap_sum = zeros(), zeros(), zeros(), zeros()
-        self.max_act = zeros()
+        self.max_act, self.max_abs_act = zeros(), zeros()
 
     def enable(self, mean_out: bool, router_similarity: bool) -> None:
         if mean_out:

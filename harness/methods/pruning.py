@@ -9,6 +9,7 @@ super experts (see `super_experts`). Kept experts stay in their original order.
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -30,6 +31,9 @@ class PruningMethod(Method):
         protect_super_experts: bool = False
         super_expert_quantile: float = Field(0.995, gt=0.0, lt=1.0)
         super_expert_max_fraction: float = Field(0.1, gt=0.0, le=1.0)
+        # The paper code's rule: only the first 75 % of MoE layers, on the signed maximum activation.
+        super_expert_layers: Literal["first_75", "all"] = "first_75"
+        super_expert_activation: Literal["signed", "absolute"] = "signed"
 
     @abstractmethod
     def scores(self, layer: LayerStatistics) -> torch.Tensor:
@@ -42,7 +46,8 @@ class PruningMethod(Method):
     def protected(self, stats: CalibrationStatistics) -> dict[int, list[int]]:
         if not self.config.protect_super_experts:
             return {}
-        return super_experts(stats, self.config.super_expert_quantile, self.config.super_expert_max_fraction)
+        return super_experts(stats, self.config.super_expert_quantile, self.config.super_expert_max_fraction,
+                             layers=self.config.super_expert_layers, activation=self.config.super_expert_activation)
 
     def plan_layers(self, stats: CalibrationStatistics, kept: int, constraints: ExpertConstraints
                     ) -> dict[int, LayerPlan]:
