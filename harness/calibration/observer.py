@@ -34,7 +34,8 @@ class _Accumulator:
         def zeros(*shape: int) -> torch.Tensor:
             return torch.zeros(*shape, dtype=torch.float64, device=device)
 
-        self.count, self.gate_sum, self.ean_sum, self.reap_sum, self.max_abs_act = (zeros(num_experts) for _ in range(5))
+        self.count, self.gate_sum, self.ean_sum, self.reap_sum = (zeros(num_experts) for _ in range(4))
+        self.max_abs_act = zeros(num_experts)
         self.max_act = torch.full((num_experts,), -torch.inf, dtype=torch.float64, device=device)
         self.tokens = zeros(())
         self.mean_out_sum = zeros(num_experts, hidden) if mean_out else None
