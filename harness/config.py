@@ -336,7 +336,7 @@ def validate(cfg: SweepConfig) -> list[str]:
             GenerationSettings(**{**cfg.generation.model_dump(), **spec.generation})
         except ValidationError as exc:
             problems += [f"tasks ({spec.name}).generation.{p}" for p in _pydantic_problems(exc)]
-        if task.category == "creative_writing" and cfg.judge is None:
+        if task.needs_judge and cfg.judge is None:
             problems.append(f"tasks ({spec.name}): a judged task needs a `judge:` section "
                             "(base_url + model [+ api_key_env], or serve: rubric)")
         # The sweep gives every task the served model's tokenizer and the judge; readiness is about data.

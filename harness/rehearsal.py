@@ -308,7 +308,7 @@ def _rehearsed_tasks(raw: dict[str, Any], data_dir: Path | None, tokenizer: Path
     tasks = []
     for spec in expand_task_names(cfg.tasks):
         task = get_task_class(spec.name)(spec.options)
-        judge = placeholder if task.category == "creative_writing" else None
+        judge = placeholder if task.needs_judge else None
         ctx = TaskContext(endpoint=placeholder, data_dir=data_dir, judge=judge)
         problems = task.check_ready(ctx) + [r for r in [task.not_run_reason(ctx)] if r]
         if data_dir is None:

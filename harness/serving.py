@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,7 @@ class VLLMServer:
         enforce_eager: bool | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
+        on_spawn: Callable[[int], None] | None = None,
     ) -> None:
         self.model = str(model)
         self.served_model_name = served_model_name or self.model
@@ -158,6 +159,9 @@ class VLLMServer:
         if log_path is None:
             log_path = Path(tempfile.mkdtemp(prefix="vllm-")) / "server.log"
         self.log_path = Path(log_path)
+        # Called with the server's pid right after it is spawned, before it is healthy: a run killed
+        # during the 20-60 s of start-up then still knows which process to stop.
+        self.on_spawn = on_spawn
         self.process: subprocess.Popen | None = None
         self._log_file = None
 
@@ -198,9 +202,11 @@ class VLLMServer:
         self._log_file.flush()
         self.process = subprocess.Popen(
             self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL, env=env, start_new_session=True, preexec_fn=_die_with_parent,
         )
         try:
+            if self.on_spawn is not None:
+                self.on_spawn(self.process.pid)
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -283,6 +289,18 @@ class VLLMServer:
                     self.log_path, tail,
                 )
             time.sleep(0.5)
+
+
+def _die_with_parent() -> None:
+    """In the forked child: SIGKILL it when the process that started it dies (Linux PR_SET_PDEATHSIG), so a
+    killed sweep or Ray worker does not leave its server behind. The server's own children are stopped
+    through its process group (harness.servers)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the server records still let the next run stop it
+        pass
 
 
 def _process_tree(pid: int) -> list[Any]:

@@ -10,12 +10,16 @@ tests count) and `failures/` keeps one record per failed job with its log.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +65,25 @@ class Store:
     def done_meta(self, stage: str, key: str) -> dict[str, Any]:
         return json.loads((self.dir(stage, key) / "done.json").read_text())
 
+    @contextlib.contextmanager
+    def claim(self, stage: str, key: str, wait: bool = False) -> Iterator[bool]:
+        """Hold the one claim on (stage, key) while computing it: yields False when another process holds it
+        (with `wait`, blocks until it is free). An flock, released by the kernel when its holder dies, so a
+        killed worker never leaves a stale claim; it works across the nodes of a shared filesystem that
+        supports locks (NFSv4, Lustre, GPFS)."""
+        path = self.root / "locks" / f"{stage}-{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
+
     def reset(self, stage: str, key: str) -> None:
         """Forget an output (for --force): remove its done marker first, then its files."""
         target = self.dir(stage, key)
@@ -69,7 +92,8 @@ class Store:
 
     # -- journal -------------------------------------------------------------------------
     def event(self, kind: str, **fields: Any) -> None:
-        line = json.dumps({"event": kind, "time": time.time(), **fields}, sort_keys=True, default=str)
+        fields = {"event": kind, "time": time.time(), "pid": os.getpid(), "host": socket.gethostname(), **fields}
+        line = json.dumps(fields, sort_keys=True, default=str)
         with open(self.root / "events.jsonl", "a") as fh:
             fh.write(line + "\n")
             fh.flush()
@@ -108,3 +132,61 @@ class Store:
     def failures(self) -> list[dict[str, Any]]:
         folder = self.root / "failures"
         return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+    # -- what is in the store ------------------------------------------------------------
+    def listing(self) -> list[dict[str, Any]]:
+        """Every stage output: stage, key, status (done / failed / incomplete) and its recorded settings."""
+        failed = {(f["stage"], f["key"]): f for f in self.failures()}
+        rows = []
+        for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []:
+            if stage_dir.name in _NOT_STAGES:
+                continue
+            for key_dir in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
+                stage, key = stage_dir.name, key_dir.name
+                meta = self.done_meta(stage, key) if self.is_done(stage, key) else {}
+                status = "done" if meta else "failed" if (stage, key) in failed else "incomplete"
+                rows.append({"stage": stage, "key": key, "status": status, "job": meta.get("job", ""),
+                             "settings": meta.get("settings")})
+        return rows
+
+
+_NOT_STAGES = {"logs", "failures", "locks", "servers", "task_cache"}
+
+
+def _describe(settings: Any, width: int = 110) -> str:
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str) if settings is not None else "-"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m harness.store ls WORK_DIR [--stage S] [--json]`: the store, read without the sweep file."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m harness.store", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("ls", help="list stages, keys, status and the settings hashed into each key")
+    ls.add_argument("work_dir")
+    ls.add_argument("--stage", action="append", help="only this stage (repeatable)")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line, settings in full")
+    args = parser.parse_args(argv)
+    root = Path(args.work_dir)
+    if not root.is_dir():
+        print(f"error: {root} is not a directory", flush=True)
+        return 2
+    rows = [r for r in Store(root).listing() if not args.stage or r["stage"] in args.stage]
+    for row in rows:
+        if args.json:
+            print(json.dumps(row, sort_keys=True, default=str))
+        else:
+            print(f"{row['stage']:<12} {row['key']:<20} {row['status']:<10} {row['job'] or '-':<40} "
+                  f"{_describe(row['settings'])}")
+    if not args.json:
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "incomplete")}
+        print(f"{len(rows)} output(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -124,6 +124,11 @@ class Task(ABC):
 
     name: ClassVar[str]
     category: ClassVar[str]
+    # Bump when a prompt, a scorer or the data selection changes: it is part of every evaluation key,
+    # so cached scores of the old version are never reused.
+    version: ClassVar[str] = "1"
+    # True for tasks scored by a judge model (the sweep then needs a `judge:`).
+    needs_judge: ClassVar[bool] = False
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -93,6 +93,7 @@ def read_rows(path: Path) -> list[WildBenchRow]:
 class WildBenchCreative(Task):
     name = "wildbench_creative"
     category = "creative_writing"
+    needs_judge = True
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")

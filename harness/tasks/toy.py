@@ -172,6 +172,7 @@ class ToyCreative(_ToyTask):
 
     name = "toy_creative"
     category = "creative_writing"
+    needs_judge = True
     domain = "creative"
 
     def run(self, ctx: TaskContext) -> TaskResult:
