@@ -12,6 +12,7 @@ refuses to pass such variables into generated code's environment.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -45,11 +46,18 @@ def secret_values() -> set[str]:
 
 
 def redact(value: Any, secrets: set[str] | None = None) -> Any:
-    """`value` with every secret replaced by REDACTED (strings, and strings inside lists, tuples and dicts)."""
+    """`value` with every secret replaced by REDACTED (strings, and strings inside lists, tuples and dicts).
+
+    A string may be JSON text: a secret is also found in its escaped form there, and the
+    text stays valid JSON.
+    """
     known = secret_values() if secrets is None else secrets
     if not known:
         return value
-    ordered = sorted(known, key=len, reverse=True)  # a secret containing another is replaced whole
+    # each secret as it is and as it appears inside a JSON string; a secret containing another is replaced whole
+    forms = {form for secret in known
+             for form in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])}
+    ordered = sorted(forms, key=len, reverse=True)
 
     def scrub(item: Any) -> Any:
         if isinstance(item, str):
