@@ -235,27 +235,30 @@ def secrets_outside(tmp_path):
     home = tempfile.NamedTemporaryFile("w", dir=Path.home(), prefix=".harness-sandbox-test-", delete=False)
     with home:
         home.write(token)
-    work = tmp_path / "work" / "sweep" / "eval" / "abc"
-    work.mkdir(parents=True)
-    (work / "samples.jsonl").write_text(token)
-    # another sample, still running: it waits until its directory holds "release"
-    samples = tmp_path / "samples"
-    samples.mkdir()
-    waiter = ("import os, time\nwhile not os.path.exists('release'):\n    time.sleep(0.02)\n")
-    other = threading.Thread(target=run_python, args=(waiter,),
-                             kwargs={"files": {"secret.txt": token}, "tmp_root": str(samples), "timeout_s": 60})
-    other.start()
-    deadline = time.monotonic() + 30
-    while not (found := list(samples.glob("harness-sandbox-*/secret.txt"))) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert found, "the other sample never started"
+    other = None
     try:
+        work = tmp_path / "work" / "sweep" / "eval" / "abc"
+        work.mkdir(parents=True)
+        (work / "samples.jsonl").write_text(token)
+        # another sample, still running: it waits until its directory holds "release"
+        samples = tmp_path / "samples"
+        samples.mkdir()
+        waiter = "import os, time\nwhile not os.path.exists('release'):\n    time.sleep(0.02)\n"
+        other = threading.Thread(target=run_python, args=(waiter,),
+                                 kwargs={"files": {"secret.txt": token}, "tmp_root": str(samples), "timeout_s": 60})
+        other.start()
+        deadline = time.monotonic() + 30
+        while not (found := list(samples.glob("harness-sandbox-*/secret.txt"))) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert found, "the other sample never started"
         yield token, {"shadow": "/etc/shadow", "home": home.name, "work file": str(work / "samples.jsonl"),
                       "work dir": str(tmp_path / "work"), "other sample": str(found[0]),
                       "other sample dir": str(found[0].parent), "parent environ": f"/proc/{os.getpid()}/environ"}
     finally:
-        (found[0].parent / "release").write_text("")
-        other.join()
+        for release in samples.glob("harness-sandbox-*/") if other is not None else []:
+            (release / "release").write_text("")
+        if other is not None:
+            other.join()
         os.unlink(home.name)
 
 
