@@ -118,16 +118,18 @@ def evaluate(endpoint: Endpoint, tasks: Sequence[str], *, generation: Generation
 
 # -- writing ----------------------------------------------------------------------------
 def write_task_files(result: TaskResult, out_dir: Path) -> None:
-    """<task>.json (no samples) and <task>.samples.jsonl, each written atomically."""
+    """<task>.json (no samples) and <task>.samples.jsonl, each written atomically, secrets redacted."""
+    from harness.redaction import redact
+
     summary = result.model_dump(mode="json", exclude={"samples"})
 
     def dump_json(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        Path(tmp).write_text(redact(json.dumps(summary, indent=2, sort_keys=True)) + "\n")
 
     def dump_samples(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             for sample in result.samples:
-                fh.write(sample.model_dump_json() + "\n")
+                fh.write(redact(sample.model_dump_json()) + "\n")
 
     atomic_write(out_dir / f"{result.task}.json", dump_json)
     atomic_write(out_dir / f"{result.task}.samples.jsonl", dump_samples)

@@ -274,15 +274,29 @@ def atomic_write_table(df: pd.DataFrame, path: Path) -> None:
         raise ValueError(f"unsupported table format {path.suffix!r} (use .csv or .parquet)")
 
 
+def _redacted(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with secrets (harness.redaction) replaced in every text cell (e.g. provenance JSON)."""
+    from harness.redaction import redact, secret_values
+
+    known = secret_values()
+    if not known:
+        return df
+    out = df.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            out[column] = out[column].map(lambda v: redact(v, known) if isinstance(v, str) else v)
+    return out
+
+
 def write_results(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
-    """Validate then atomically write a results table (.csv or .parquet); returns it."""
-    valid = validate_results(df)
+    """Validate then atomically write a results table (.csv or .parquet), secrets redacted; returns it."""
+    valid = _redacted(validate_results(df))
     atomic_write_table(valid, Path(path))
     return valid
 
 
 def write_samples(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
-    """Validate then atomically write per-sample records (.csv or .parquet)."""
-    valid = validate_samples(df)
+    """Validate then atomically write per-sample records (.csv or .parquet), secrets redacted."""
+    valid = _redacted(validate_samples(df))
     atomic_write_table(valid, Path(path))
     return valid

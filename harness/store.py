@@ -5,7 +5,8 @@ of only the settings that change that output (inspect_ai-style), so re-running a
 does only missing work and a killed run resumes. A stage is done when its `done.json`
 exists; it is written last and atomically, so a half-written output is never mistaken
 for a finished one. `events.jsonl` is an append-only journal of computed stages (what
-tests count) and `failures/` keeps one record per failed job with its log.
+tests count) and `failures/` keeps one record per failed job with its log. Nothing written
+here holds a secret (API keys, tokens: `harness.redaction`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.atomic import atomic_write
+from harness.redaction import redact
 
 # Bump when the layout or the meaning of a stage's settings changes: every key changes with it.
 STORE_VERSION = 1
@@ -38,7 +40,8 @@ def stage_key(stage: str, settings: dict[str, Any]) -> str:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    text = json.dumps(data, indent=1, sort_keys=True, default=str) + "\n"
+    """Atomically write `data` as JSON, secrets redacted (harness.redaction)."""
+    text = redact(json.dumps(data, indent=1, sort_keys=True, default=str)) + "\n"
     return atomic_write(path, lambda p: Path(p).write_text(text))
 
 
@@ -93,7 +96,7 @@ class Store:
     # -- journal -------------------------------------------------------------------------
     def event(self, kind: str, **fields: Any) -> None:
         fields = {"event": kind, "time": time.time(), "pid": os.getpid(), "host": socket.gethostname(), **fields}
-        line = json.dumps(fields, sort_keys=True, default=str)
+        line = redact(json.dumps(fields, sort_keys=True, default=str))
         with open(self.root / "events.jsonl", "a") as fh:
             fh.write(line + "\n")
             fh.flush()

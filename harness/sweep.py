@@ -27,6 +27,7 @@ from typing import Any
 import harness
 from harness.config import MethodSpec, ModelSpec, SweepConfig, SweepConfigError, TaskSpec, expand_task_names, load_sweep
 from harness.hub import ModelSource
+from harness.redaction import RedactingFormatter, redact
 from harness.store import STAGES, Store, stage_key, write_json
 
 log = logging.getLogger("harness.sweep")
@@ -195,7 +196,7 @@ class Runner:
         log_path = self.store.root / "logs" / f"{stage}-{key}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger()
         root.addHandler(handler)
         started = time.monotonic()
@@ -396,8 +397,8 @@ class _JobFailed(Exception):
 
 
 def _save_result(out: Path, result) -> None:
-    """Samples first, then the result: the result file marks the pair complete."""
-    lines = "".join(s.model_dump_json() + "\n" for s in result.samples)
+    """Samples first, then the result: the result file marks the pair complete. Secrets are redacted."""
+    lines = "".join(redact(s.model_dump_json()) + "\n" for s in result.samples)
     from harness.atomic import atomic_write
 
     atomic_write(out / "samples.jsonl", lambda p: Path(p).write_text(lines))
@@ -684,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Job logs get INFO; the console only warnings with --no-progress.
     console = logging.StreamHandler()
     console.setLevel(logging.WARNING if args.no_progress else logging.INFO)
-    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    console.setFormatter(RedactingFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.INFO, handlers=[console])
     report = None
     try:

@@ -124,6 +124,8 @@ def _check_canonical(problems, cache, n):
         scores = score_solutions(data, _canonical(data, ids), cache, workers=2)
         metrics = pass_at_1(scores)
         failed = {t: (s.base, s.plus) for t, s in scores.items() if not s.plus_pass}
+        print(f"\n{data.data.release}: {len(ids)} canonical solutions, base pass@1 {metrics['base_pass@1']:.4f}, "
+              f"plus pass@1 {metrics['plus_pass@1']:.4f}, not passing: {sorted(failed)}")  # shown with -s
         assert metrics["base_pass@1"] >= 0.99 and metrics["plus_pass@1"] >= 0.99, (data.data.name, failed)
 
 

@@ -339,6 +339,18 @@ def test_sandbox_refusals_fail_the_program():
     assert result.verdict == "runtime_error" and "forbidden" in result.failed_test["detail"], result.failed_test
 
 
+def test_stored_program_output_is_bounded():
+    """A program that prints a file or floods its output leaves at most KEPT_OUTPUT_CHARS in the results."""
+    from harness.sandbox import KEPT_OUTPUT_CHARS
+
+    problem = problems_by_id()["lcbfix_sum_max"]
+    for code, verdict in (("print('x' * 1_000_000)\n", "wrong_answer"),
+                          ("import sys\nsys.stderr.write('e' * 10**6)\nraise ValueError('boom')\n", "runtime_error")):
+        result = grade(problem, code, timeout_s=RUN_S, memory_mb=1024)
+        assert result.verdict == verdict, result.failed_test
+        assert len(json.dumps(result.failed_test)) < KEPT_OUTPUT_CHARS, len(json.dumps(result.failed_test))
+
+
 # -- the coding category score ---------------------------------------------------------
 def _result(task: str, score: float, category: str = "coding") -> TaskResult:
     return TaskResult(task=task, category=category, score=score)

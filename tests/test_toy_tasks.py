@@ -17,7 +17,7 @@ from harness.tasks import get_task_class
 from harness.tasks.base import Endpoint, GenerationSettings, TaskContext, TaskError
 from harness.tasks.judge import parse_judge_score
 from harness.tasks.rubric_judge import RubricJudge, build_judge_prompt, rubric
-from harness.tasks.toy import extract_code, extract_number, score_math
+from harness.tasks.toy import extract_code, extract_number, score_coding, score_math
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "toy-moe"
@@ -38,6 +38,17 @@ def test_extract_code():
     assert extract_code("```python\ndef f(x):\n    return x\n```\ntrailing") == "def f(x):\n    return x\n"
     assert extract_code("def f(x):\n    return x") == "def f(x):\n    return x"
     assert extract_code("```python\ndef f(x):\n    return x") == "def f(x):\n    return x"  # unclosed fence
+
+
+def test_coding_scores_in_the_sandbox_and_keeps_a_bounded_error():
+    from harness.sandbox import KEPT_OUTPUT_CHARS
+
+    item = {"tests": ["assert double(2) == 4"]}
+    flood = "```python\nimport sys\nsys.stderr.write('e' * 1_000_000)\ndef double(x):\n    return x\n```"
+    (good_code, good, good_detail), (_, bad, detail) = score_coding(
+        ["```python\ndef double(x):\n    return 2 * x\n```", flood], [item, item])
+    assert (good, good_detail) == (1.0, "") and "return 2 * x" in good_code
+    assert bad == 0.0 and "AssertionError" in detail and len(detail) <= KEPT_OUTPUT_CHARS + 50
 
 
 @pytest.mark.parametrize(("story", "score"), [

@@ -41,9 +41,12 @@ class Endpoint(BaseModel):
 
         if self.api_key_env is None:
             return "EMPTY"
+        from harness.redaction import remember
+
         key = os.environ.get(self.api_key_env)
         if not key:
             raise TaskError(f"environment variable {self.api_key_env} (API key for {self.base_url}) is not set")
+        remember(key)  # whatever its variable is called, it is kept out of logs and results
         return key
 
 

@@ -323,7 +323,7 @@ class GroundTruth:
         """Compute what is missing for `task_ids`; return the timings of all of them."""
         from evalplus.eval._special_oracle import MBPP_OUTPUT_NOT_NONE_TASKS
 
-        from harness.sandbox import run_many
+        from harness.sandbox import clip_output, run_many
 
         known = self.times()
         missing = [t for t in task_ids if t not in known or not all(self.expected_path(t, s).is_file()
@@ -351,7 +351,7 @@ class GroundTruth:
                 times_file = staging / f"times-{start}.json"
                 if not result.ok or not times_file.is_file():
                     raise TaskError(f"{self.problems.data.release}: computing canonical outputs failed for "
-                                    f"{missing[start:start + batch]} ({result.failure}):\n{result.stderr[-2000:]}")
+                                    f"{missing[start:start + batch]} ({result.failure}):\n{clip_output(result.stderr)}")
                 known = {**self.times(), **json.loads(times_file.read_text())}
                 atomic_write(self.dir / "times.json", lambda tmp, k=known: Path(tmp).write_text(json.dumps(k)))
         finally:

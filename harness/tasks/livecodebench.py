@@ -335,7 +335,10 @@ class CaseResult:
 
 
 def _clip(text: str, n: int = 300) -> str:
-    return text if len(text) <= n else text[:n // 2] + " ... " + text[-n // 2:]
+    """What a result keeps of a program's output: at most about `n` characters (head and tail)."""
+    from harness.sandbox import clip_output
+
+    return clip_output(text, n)
 
 
 def _why(result: Any, note: str = "") -> str:
@@ -363,7 +366,7 @@ def run_case(code: str, case: Case, func_name: str | None, *, timeout_s: float, 
         if not verdicts:
             return CaseResult("runtime_error", _why(result, "no verdict"), result.duration_s)
         found = json.loads(verdicts[-1][len(mark):])
-        return CaseResult(found["verdict"], found["detail"], result.duration_s)
+        return CaseResult(found["verdict"], _clip(str(found["detail"])), result.duration_s)
     if result.returncode != 0:
         verdict = "compile_error" if result.returncode == _COMPILE_ERROR_EXIT else "runtime_error"
         return CaseResult(verdict, _why(result), result.duration_s)

@@ -68,14 +68,14 @@ def coding_program(code: str, tests: list[str]) -> str:
 def score_coding(outputs: list[str], items: list[dict[str, Any]], timeout_s: float = CODE_TIMEOUT_S
                  ) -> list[tuple[str, float, str]]:
     """(code, 1.0 if every held-out assert passes else 0.0, failure detail) per output, in the sandbox."""
-    from harness.sandbox import run_python
+    from harness.sandbox import clip_output, run_python
 
     scored = []
     for output, item in zip(outputs, items, strict=True):
         code = extract_code(output)
         result = run_python(coding_program(code, item["tests"]), timeout_s=timeout_s)
         passed = result.returncode == 0 and not result.timed_out
-        detail = "" if passed else ("timeout" if result.timed_out else (result.stderr or "")[-300:])
+        detail = "" if passed else ("timeout" if result.timed_out else clip_output(result.stderr or ""))
         scored.append((code, float(passed), detail))
     return scored
 
