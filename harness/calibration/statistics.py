@@ -138,4 +138,8 @@ class CalibrationStatistics:
             _, index, name = key.split(".", 2)
             grouped.setdefault(int(index), {})[name] = tensor
         manifest = json.loads((out / "manifest.json").read_text())
+        found = manifest.get("stats_format", STATS_FORMAT_VERSION)
+        if found != STATS_FORMAT_VERSION:
+            raise ValueError(f"{out}: statistics format {found}, but this harness reads format {STATS_FORMAT_VERSION} "
+                             "(what a statistic means changed): calibrate again")
         return cls({i: LayerStatistics.from_tensors(t) for i, t in sorted(grouped.items())}, manifest)
