@@ -120,6 +120,14 @@ class JudgeSpec(Strict):
         return self
 
 
+class RayOptions(Strict):
+    """For `executor: ray` (or --executor ray)."""
+
+    address: str | None = None  # a running cluster (else RAY_ADDRESS, else a local one is started)
+    max_retries: int = Field(3, ge=0)  # times a job lost with its worker is run again
+    checkpoint_memory_gb: float = Field(8.0, ge=0)  # memory reserved for a checkpoint write
+
+
 class SweepConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     models: list[ModelSpec] = Field(min_length=1)
@@ -139,6 +147,8 @@ class SweepConfig(Strict):
     materialisation: str = "shared_slots"
     # Which tasks make up each category score (default: every task of that category that ran).
     category_tasks: dict[str, list[str]] | None = None
+    executor: Literal["local", "ray"] = "local"
+    ray: RayOptions = Field(default_factory=RayOptions)
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -197,17 +207,18 @@ class SweepConfig(Strict):
 
 
 def expand_task_names(names: list[TaskSpec]) -> list[TaskSpec]:
-    """Category names (coding, math, mc, creative_writing) become their paper task lists."""
-    from harness.tasks import task_names
-    from harness.tasks.categories import PAPER_TASKS
+    """Category names (coding, math, mc, creative_writing) become their paper task lists (harness.tasks.expand);
+    a task's own options, limit and generation overrides go with each of its tasks. Unknown names are kept,
+    for validation to report."""
+    from harness.tasks import UnknownTaskError, expand
 
-    known = set(task_names())
     out: list[TaskSpec] = []
     for spec in names:
-        if spec.name in PAPER_TASKS and spec.name not in known:
-            out += [spec.model_copy(update={"name": t}) for t in PAPER_TASKS[spec.name] if t in known]
-        else:
-            out.append(spec)
+        try:
+            expanded = expand([spec.name])
+        except UnknownTaskError:
+            expanded = [spec.name]
+        out += [spec.model_copy(update={"name": t}) for t in expanded if t not in {o.name for o in out}]
     return out
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 import traceback
@@ -26,34 +25,15 @@ from typing import Any
 
 import harness
 from harness.atomic import atomic_write
-from harness.tasks import UnknownTaskError, get_task_class, task_names
+from harness.tasks import UnknownTaskError, expand, get_task_class
 from harness.tasks.base import Endpoint, GenerationSettings, TaskContext, TaskResult
-from harness.tasks.categories import PAPER_TASKS, category_score
-
-CATEGORY_ALIASES = {"creative": "creative_writing"}
+from harness.tasks.categories import category_score
 
 
 # -- task selection ---------------------------------------------------------------------
 def expand_tasks(spec: str) -> list[str]:
-    """Comma-separated task and category names -> registered task names (in order, no repeats).
-
-    A category expands to its paper tasks that are registered; an unknown name raises
-    UnknownTaskError listing what is known.
-    """
-    known = set(task_names())
-    out: list[str] = []
-    for item in (part.strip() for part in spec.split(",")):
-        if not item:
-            continue
-        category = CATEGORY_ALIASES.get(item, item)
-        if category in PAPER_TASKS:
-            expanded = [t for t in PAPER_TASKS[category] if t in known]
-        elif item in known:
-            expanded = [item]
-        else:
-            raise UnknownTaskError(f"unknown task or category {item!r}; categories: {', '.join(PAPER_TASKS)}; "
-                                   f"tasks: {', '.join(sorted(known))}")
-        out += [t for t in expanded if t not in out]
+    """Comma-separated task and category names -> registered task names (harness.tasks.expand)."""
+    out = expand([part.strip() for part in spec.split(",") if part.strip()])
     if not out:
         raise UnknownTaskError(f"no tasks in {spec!r}")
     return out
@@ -135,35 +115,19 @@ def write_task_files(result: TaskResult, out_dir: Path) -> None:
     atomic_write(out_dir / f"{result.task}.samples.jsonl", dump_samples)
 
 
-def tabulated(metric: str, value: float) -> bool:
-    """Metrics that go into the results table: fractions, not counts (n_*) or raw means (mean_*)."""
-    return not metric.startswith(("n_", "mean_")) and math.isfinite(value) and 0.0 <= value <= 1.0
-
-
 def results_rows(results: Sequence[TaskResult], *, model: str, method: str = "baseline", ratio: float = 0.0,
                  family: str = "") -> list[dict[str, Any]]:
-    """Tidy rows (harness.results schema): task metrics, then category scores."""
+    """Tidy rows (harness.results schema) of one model, built as the sweep builds them (harness.results)."""
+    from harness.results import result_rows
+
     base = {"model": model, "family": family, "method": method, "ratio": ratio, "source": "harness",
             "harness_version": harness.__version__}
-    rows = []
-    for r in results:
-        if r.status != "ok":
-            continue
-        prov = {"endpoint_model": r.provenance.get("endpoint_model"), "generation": r.provenance.get("generation"),
-                "chat_template_sha256": r.provenance.get("chat_template_sha256"),
-                "data_sha256": r.provenance.get("data_sha256"), "limit": r.provenance.get("limit")}
-        for metric, value in sorted(r.metrics.items()):
-            if tabulated(metric, value):
-                rows.append({**base, "task": r.task, "category": r.category, "metric": metric, "value": value,
-                             "n_samples": r.n_samples, "provenance": prov})
-    for category in dict.fromkeys(r.category for r in results):
-        cat = category_score(category, list(results))
-        if cat is not None:
-            n = sum(r.n_samples for r in results if r.task in cat.tasks)
-            rows.append({**base, "task": category, "category": category, "metric": "accuracy", "value": cat.value,
-                         "n_samples": n, "provenance": {"definition": cat.definition, "tasks": cat.tasks,
-                                                        "missing": cat.missing}})
-    return rows
+
+    def provenance(r: TaskResult) -> dict[str, Any]:
+        keep = ("endpoint_model", "generation", "chat_template_sha256", "data_sha256", "limit")
+        return {k: r.provenance.get(k) for k in keep}
+
+    return result_rows(results, base, provenance=provenance)
 
 
 def write_summary(results: Sequence[TaskResult], out_dir: Path, **labels: Any) -> Path:

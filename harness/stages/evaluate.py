@@ -8,6 +8,7 @@ job killed half-way keeps the tasks it finished and redoes only the others.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -47,12 +48,11 @@ def _dequantised(ctx: StageContext, mj: ModelJobs, v: Variant, model_dir: Path) 
 
 
 def run(ctx: StageContext, job: Job, failures: list[str]) -> bool:
-    from harness.serving import VLLMServer, complete
     from harness.servers import ServerRecords
-    from harness.tasks import get_task_class
-    from harness.tasks.base import Endpoint, TaskContext
+    from harness.serving import VLLMServer, complete
+    from harness.tasks.base import Endpoint
 
-    mj, v, store, cfg = ctx.model(job), ctx.variant(job), ctx.store, ctx.cfg
+    mj, v, store = ctx.model(job), ctx.variant(job), ctx.store
     missing = [t for t in ctx.grid.tasks if "eval" in ctx.force or not store.is_done("eval", v.eval_keys[t.name])]
     if not missing:
         return False
@@ -106,8 +106,9 @@ def run(ctx: StageContext, job: Job, failures: list[str]) -> bool:
 
 def _run_task(ctx: StageContext, store: Store, v: Variant, spec, server, server_log: Path, endpoint,
               failures: list[str], mj: ModelJobs) -> None:
+    from harness.evaluate import failed, run_task
     from harness.tasks import get_task_class
-    from harness.tasks.base import TaskContext
+    from harness.tasks.base import TaskContext, TaskError
 
     key = v.eval_keys[spec.name]
     label = f"{v.label} / {spec.name}"
@@ -121,13 +122,16 @@ def _run_task(ctx: StageContext, store: Store, v: Variant, spec, server, server_
         with contextlib.suppress(StageFailed), ctx.logged("eval", key, label, failures):
             if not server.alive():
                 raise RuntimeError(f"the vLLM server died (log: {server_log})")
-            task = get_task_class(spec.name)(spec.options)
-            judge = ctx.judge_endpoint() if task.needs_judge else None
+            judge = ctx.judge_endpoint() if get_task_class(spec.name).needs_judge else None
             tctx = TaskContext(endpoint=endpoint, generation=ctx.cfg.task_generation(spec, mj.model),
                                limit=spec.limit, data_dir=ctx.cfg.data_path,
                                # shared by every variant: evalplus ground truth, lm-eval data caches
                                work_dir=store.root / "task_cache" / spec.name, judge=judge, progress=ctx.progress)
-            result = task.run(tctx)
+            result = run_task(spec.name, tctx, spec.options)  # the readiness check and run of harness.evaluate
+            if failed(result):
+                if result.provenance.get("traceback"):
+                    logging.getLogger("harness.sweep").error("%s", result.provenance["traceback"])
+                raise TaskError(f"{spec.name}: {result.reason}")
             save_result(store.dir("eval", key), result)
             store.mark_done("eval", key, {"job": label}, settings=v.eval_settings[spec.name])
             store.event("computed", stage="eval", key=key, job=label)
@@ -135,9 +139,10 @@ def _run_task(ctx: StageContext, store: Store, v: Variant, spec, server, server_
 
 
 def save_result(out: Path, result) -> None:
-    """Samples first, then the result: the result file marks the pair complete."""
+    """Samples first, then the result: the result file marks the pair complete. Secrets are redacted."""
     from harness.atomic import atomic_write
+    from harness.redaction import redact
 
-    lines = "".join(s.model_dump_json() + "\n" for s in result.samples)
+    lines = "".join(redact(s.model_dump_json()) + "\n" for s in result.samples)
     atomic_write(out / "samples.jsonl", lambda p: Path(p).write_text(lines))
     write_json(out / "result.json", result.model_dump(mode="json", exclude={"samples"}))

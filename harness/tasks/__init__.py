@@ -66,3 +66,27 @@ def get_task_class(name: str) -> type[Task]:
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(sorted(registry))}")
     module_name, class_name = registry[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+# Other names a category goes by on the command line.
+CATEGORY_ALIASES = {"creative": "creative_writing"}
+
+
+def expand(names: list[str]) -> list[str]:
+    """Task and category names -> registered task names, in order, without repeats. A category stands for
+    its paper tasks that are registered; an unknown name raises UnknownTaskError listing what is known."""
+    from harness.tasks.categories import PAPER_TASKS
+
+    known = set(task_names())
+    out: list[str] = []
+    for item in names:
+        category = CATEGORY_ALIASES.get(item, item)
+        if item in known:
+            expanded = [item]
+        elif category in PAPER_TASKS:
+            expanded = [t for t in PAPER_TASKS[category] if t in known]
+        else:
+            raise UnknownTaskError(f"unknown task or category {item!r}; categories: {', '.join(PAPER_TASKS)}; "
+                                   f"tasks: {', '.join(sorted(known))}")
+        out += [t for t in expanded if t not in out]
+    return out
