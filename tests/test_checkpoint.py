@@ -363,7 +363,7 @@ def test_non_uniform_merge_with_zero_experts(zoo_dir, family, tmp_path):
 
 # -- quantised checkpoints ---------------------------------------------------------------------------------------
 def _quantise_fp8_blocks(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference block quantiser (loops over blocks), independent of harness.merging."""
+    """Reference block quantiser (loops over blocks), independent of harness.quantisation."""
     rows, cols = w.shape
     scale = torch.empty(-(-rows // block), -(-cols // block))
     q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
@@ -515,15 +515,16 @@ def test_sharded_source_gives_sharded_output(zoo_dir, tmp_path):
 
 _KILL_SCRIPT = """
 import os, signal, sys
-import harness.checkpoint as ck
+import harness.checkpoint.shard_writer as shard_writer
+from harness.checkpoint import write_checkpoint
 from harness.plan import Plan
-original = ck._write_shard
+original = shard_writer._write_shard
 def write_then_die(*args, **kwargs):
     original(*args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
-ck._write_shard = write_then_die
+shard_writer._write_shard = write_then_die
 plan = Plan.identity({i: 8 for i in (0, 1, 2)})
-ck.write_checkpoint(plan, sys.argv[1], sys.argv[2], progress=False)
+write_checkpoint(plan, sys.argv[1], sys.argv[2], progress=False)
 """
 
 
@@ -539,7 +540,7 @@ def test_a_killed_write_leaves_nothing_at_out(zoo_dir, tmp_path):
 
 
 def test_a_failed_write_cleans_up_and_existing_output_is_kept(zoo_dir, tmp_path, monkeypatch):
-    import harness.checkpoint as ck
+    import harness.checkpoint.shard_writer as shard_writer
 
     source = zoo_dir / "mixtral"
     plan = Plan.identity({i: 8 for i in (0, 1, 2)})
@@ -551,7 +552,7 @@ def test_a_failed_write_cleans_up_and_existing_output_is_kept(zoo_dir, tmp_path,
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck, "_write_shard", broken)
+    monkeypatch.setattr(shard_writer, "_write_shard", broken)
     with pytest.raises(OSError, match="disk full"):
         write_checkpoint(plan, source, out, progress=False, overwrite=True)
     assert (out / "recipe.json").is_file()  # the old checkpoint is still whole
@@ -584,7 +585,7 @@ def test_plans_that_do_not_fit_fail_before_writing(zoo_dir, tmp_path):
 def test_distinct_experts_are_found_by_their_bytes_not_their_ends(tmp_path):
     """Experts that agree in their first and last 4 KiB (the cheap digest) but not in between count apart;
     byte-identical ones, in another file and at another offset, count once."""
-    from harness.checkpoint import _distinct
+    from harness.checkpoint.counting import _distinct
 
     base = torch.arange(8192, dtype=torch.float32)  # 32 KiB: the middle is outside the cheap digest
     middle = base.clone()
@@ -626,3 +627,4 @@ def test_mtp_layers_count_the_same_for_the_baseline_and_the_variants(zoo_dir, fa
     assert written["num_nextn_predict_layers"] == 0 and not set(added) & set(_all_tensors(info.path))
     recipe = json.loads((info.path / "recipe.json").read_text())
     assert recipe["total_params"] == recipe["source"]["total_params"] == expected[0]
+
