@@ -82,7 +82,7 @@ class ModelSource:
         """What stage keys are made of: the commit for a hub model, a content fingerprint for a directory."""
         if self.is_hub:
             return {"hub_id": self.hub_id, "sha": self.sha}
-        from harness.calibration.checkpoint_io import model_fingerprint
+        from harness.checkpoint.identity import model_fingerprint
 
         return model_fingerprint(self.local_dir)
 

@@ -515,12 +515,12 @@ def dequantised_copy(model_dir: str | Path, out_dir: str | Path, dtype: torch.dt
     from safetensors.torch import save_file
 
     from harness.atomic import make_temp_dir
-    from harness.calibration.checkpoint_io import ShardReader
+    from harness.checkpoint.shards import ShardReader
 
     source, out = Path(model_dir), Path(out_dir)
     config = json.loads((source / "config.json").read_text())
     reader = ShardReader(source)
-    fmt = detect_format(config, reader.key_to_file)
+    fmt = detect_format(config, reader.tensors)
     if dtype is None:
         stored = str(config.get("dtype") or config.get("torch_dtype") or "bfloat16")
         dtype = getattr(torch, stored) if stored in ("float32", "bfloat16", "float16") else torch.bfloat16
@@ -528,7 +528,7 @@ def dequantised_copy(model_dir: str | Path, out_dir: str | Path, dtype: torch.dt
     tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")
     try:
         groups: dict[str, list[str]] = {}
-        for key in reader.key_to_file:
+        for key in reader.tensors:
             parts = key.split(".")
             group = ".".join(parts[:3]) if len(parts) > 3 and parts[1] == "layers" else "rest"
             groups.setdefault(group, []).append(key)

@@ -259,9 +259,9 @@ def _ensure_saved_tensors(model, out_dir: Path) -> list[str]:
     """
     from safetensors.torch import save_file
 
-    from harness.calibration.checkpoint_io import ShardReader
+    from harness.checkpoint.shards import ShardReader
 
-    keys = set(ShardReader(out_dir).key_to_file)
+    keys = set(ShardReader(out_dir).tensors)
     # Hub names can differ from in-memory names (ERNIE keeps the bias under
     # `mlp.moe_statics`), so a layer counts as covered if any of its keys holds it.
     covered = {key.split(".mlp.")[0] for key in keys if key.endswith("e_score_correction_bias")}
@@ -348,7 +348,7 @@ def quantise_model(model_dir: str | Path, quant: str) -> dict[str, Any]:
     from safetensors.torch import load_file, save_file
 
     from harness.archs import get_arch
-    from harness.checkpoint import ExpertLayout
+    from harness.checkpoint.roles import TensorRoles
     from harness.quantisation import fp8_block_config, packed_int_config, quantise_tensors
 
     if quant not in QUANTS:
@@ -361,7 +361,7 @@ def quantise_model(model_dir: str | Path, quant: str) -> dict[str, Any]:
         with safe_open(str(file), "pt") as handle:
             shapes.update({k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()})
     keys = sorted(shapes)
-    layout = ExpertLayout(get_arch(out), keys)
+    layout = TensorRoles(get_arch(out), keys)
     chosen = set(_quantised_keys(keys, shapes, layout, spec))
     new_keys: dict[str, str] = {}
     for file in files:

@@ -363,7 +363,7 @@ def test_non_uniform_merge_with_zero_experts(zoo_dir, family, tmp_path):
 
 # -- quantised checkpoints ---------------------------------------------------------------------------------------
 def _quantise_fp8_blocks(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference block quantiser (loops over blocks), independent of harness.merging."""
+    """Reference block quantiser (loops over blocks), independent of harness.quantisation."""
     rows, cols = w.shape
     scale = torch.empty(-(-rows // block), -(-cols // block))
     q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
@@ -515,15 +515,16 @@ def test_sharded_source_gives_sharded_output(zoo_dir, tmp_path):
 
 _KILL_SCRIPT = """
 import os, signal, sys
-import harness.checkpoint as ck
+import harness.checkpoint.shard_writer as shard_writer
+from harness.checkpoint import write_checkpoint
 from harness.plan import Plan
-original = ck._write_shard
+original = shard_writer._write_shard
 def write_then_die(*args, **kwargs):
     original(*args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
-ck._write_shard = write_then_die
+shard_writer._write_shard = write_then_die
 plan = Plan.identity({i: 8 for i in (0, 1, 2)})
-ck.write_checkpoint(plan, sys.argv[1], sys.argv[2], progress=False)
+write_checkpoint(plan, sys.argv[1], sys.argv[2], progress=False)
 """
 
 
@@ -539,7 +540,7 @@ def test_a_killed_write_leaves_nothing_at_out(zoo_dir, tmp_path):
 
 
 def test_a_failed_write_cleans_up_and_existing_output_is_kept(zoo_dir, tmp_path, monkeypatch):
-    import harness.checkpoint as ck
+    import harness.checkpoint.shard_writer as shard_writer
 
     source = zoo_dir / "mixtral"
     plan = Plan.identity({i: 8 for i in (0, 1, 2)})
@@ -551,7 +552,7 @@ def test_a_failed_write_cleans_up_and_existing_output_is_kept(zoo_dir, tmp_path,
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck, "_write_shard", broken)
+    monkeypatch.setattr(shard_writer, "_write_shard", broken)
     with pytest.raises(OSError, match="disk full"):
         write_checkpoint(plan, source, out, progress=False, overwrite=True)
     assert (out / "recipe.json").is_file()  # the old checkpoint is still whole
@@ -584,7 +585,7 @@ def test_plans_that_do_not_fit_fail_before_writing(zoo_dir, tmp_path):
 def test_distinct_experts_are_found_by_their_bytes_not_their_ends(tmp_path):
     """Experts that agree in their first and last 4 KiB (the cheap digest) but not in between count apart;
     byte-identical ones, in another file and at another offset, count once."""
-    from harness.checkpoint import _distinct
+    from harness.checkpoint.counting import _distinct
 
     base = torch.arange(8192, dtype=torch.float32)  # 32 KiB: the middle is outside the cheap digest
     middle = base.clone()
@@ -626,3 +627,70 @@ def test_mtp_layers_count_the_same_for_the_baseline_and_the_variants(zoo_dir, fa
     assert written["num_nextn_predict_layers"] == 0 and not set(added) & set(_all_tensors(info.path))
     recipe = json.loads((info.path / "recipe.json").read_text())
     assert recipe["total_params"] == recipe["source"]["total_params"] == expected[0]
+
+
+# -- family knowledge from the adapters ----------------------------------------------------------------------
+def _multimodal_llama4(zoo_dir, tmp_path) -> Path:
+    """The zoo llama4_text checkpoint laid out as Llama-4's multimodal wrapper: config.json nests it under
+    `text_config`, and its tensors live under `language_model.`."""
+    path = tmp_path / "llama4-wrapper"
+    shutil.copytree(zoo_dir / "llama4_text", path)
+    text = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({"model_type": "llama4", "text_config": text,
+                                                  "architectures": ["Llama4ForConditionalGeneration"]}))
+    tensors = load_file(str(path / "model.safetensors"))
+    save_file({f"language_model.{k}": v for k, v in tensors.items()}, str(path / "model.safetensors"),
+              metadata={"format": "pt"})
+    return path
+
+
+def test_a_multimodal_wrapper_is_read_and_rewritten_through_its_text_config(zoo_dir, tmp_path):
+    from harness.checkpoint import parameter_counts
+
+    source = _multimodal_llama4(zoo_dir, tmp_path)
+    arch = get_arch(source)
+    assert arch.model_type == "llama4_text" and arch.num_experts == 8
+    assert parameter_counts(source) == parameter_counts(zoo_dir / "llama4_text")
+    kept = [1, 2, 4, 6]
+    info = write_checkpoint(_prune_plan([0, 1, 2], 8, kept), source, tmp_path / "out", progress=False)
+    config = json.loads((info.path / "config.json").read_text())
+    assert config["model_type"] == "llama4" and "num_local_experts" not in config
+    assert config["text_config"]["num_local_experts"] == 4
+    written, original = _all_tensors(info.path), _all_tensors(source)
+    assert written.keys() == original.keys()
+    for key, tensor in original.items():
+        rows = key.endswith(ROUTED) or key.endswith(".feed_forward.router.weight")
+        assert torch.equal(written[key], tensor[kept] if rows else tensor), key
+
+
+@pytest.mark.parametrize("family", list(ZOO))
+def test_the_fused_expert_orientation_round_trips(zoo_dir, family):
+    """An adapter's split of one expert's fused rows and its join are inverses, and split gives [out, in]."""
+    arch = get_arch(zoo_dir / family)
+    hidden, inter = 6, 4
+    if arch.hub_fused_expert_names:  # stored input-major: gate_up [H, 2I], down [I, H]
+        gate_up, down = torch.randn(hidden, 2 * inter), torch.randn(inter, hidden)
+    else:  # the module's fused layout: gate_up [2I, H], down [H, I]
+        gate_up, down = torch.randn(2 * inter, hidden), torch.randn(hidden, inter)
+    expert = arch.split_fused_expert(gate_up, down)
+    assert (expert.gate.shape, expert.up.shape, expert.down.shape) == ((inter, hidden),) * 2 + ((hidden, inter),)
+    back = arch.join_fused_expert(expert)
+    assert torch.equal(back[0], gate_up) and torch.equal(back[1], down)
+
+
+def test_the_shard_reader_matches_safetensors_and_refuses_truncated_files(zoo_dir, tmp_path):
+    from harness.checkpoint import CheckpointError as Error
+    from harness.checkpoint import ShardReader
+
+    source = _sharded_copy(zoo_dir, "qwen3_moe", tmp_path)
+    reader, expected = ShardReader(source), _all_tensors(source)
+    assert set(reader.tensors) == set(expected)
+    got = reader.load_keys(list(expected))
+    assert all(torch.equal(got[k], expected[k]) and got[k].dtype == expected[k].dtype for k in expected)
+    layer = reader.load_prefix("model.layers.1.")
+    assert layer and set(layer) == {k for k in expected if k.startswith("model.layers.1.")}
+    last = reader.files[-1]
+    last.write_bytes(last.read_bytes()[:-64])
+    truncated = ShardReader(source)
+    with pytest.raises(Error, match="truncated"):
+        truncated.load_keys([k for k, v in truncated.tensors.items() if v.file == last])

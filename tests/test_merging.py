@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from harness.archs.base import ExpertWeights
-from harness.merging import (
-    alignment_permutation,
-    dequantize_fp8,
-    merge_experts,
-    permute_neurons,
-    quantize_fp8,
-    scale_block,
-)
+from harness.checkpoint.expert_merging import alignment_permutation, merge_experts, permute_neurons
+from harness.quantisation import dequantise_fp8, quantise_fp8, scale_block
 
 
 def _expert(inter: int, hidden: int, seed: int) -> ExpertWeights:
@@ -111,7 +105,7 @@ def test_fp8_block_dequantisation_matches_a_loop():
     g = torch.Generator().manual_seed(0)
     q = (torch.randn(70, 100, generator=g) * 50).to(torch.float8_e4m3fn)
     scale = torch.rand(3, 4, generator=g) + 0.1  # blocks of 32 x 32, ragged at the edges
-    got = dequantize_fp8(q, scale, [32, 32])
+    got = dequantise_fp8(q, scale, [32, 32])
     expected = torch.empty(70, 100)
     for r in range(70):
         for c in range(100):
@@ -122,9 +116,9 @@ def test_fp8_block_dequantisation_matches_a_loop():
 def test_fp8_round_trip_error_is_within_fp8_precision():
     g = torch.Generator().manual_seed(1)
     w = torch.randn(64, 96, generator=g) * torch.logspace(-3, 1, 96)[None, :]
-    q, scale = quantize_fp8(w, (2, 3), [32, 32])
+    q, scale = quantise_fp8(w, (2, 3), [32, 32])
     assert q.dtype == torch.float8_e4m3fn and scale.shape == (2, 3) and scale.dtype == torch.float32
-    back = dequantize_fp8(q, scale, [32, 32])
+    back = dequantise_fp8(q, scale, [32, 32])
     block_scale = scale.repeat_interleave(32, 0).repeat_interleave(32, 1)
     # e4m3: 3 mantissa bits -> relative error <= 2^-4, subnormal spacing 2^-9 times the block scale.
     assert ((back - w).abs() <= w.abs() * 2 ** -4 + block_scale * 2 ** -9).all()

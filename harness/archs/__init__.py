@@ -43,10 +43,10 @@ def get_arch(config: dict | str | Path) -> MoEArch:
     """The adapter for a config dict, or for the model directory holding config.json."""
     if not isinstance(config, dict):
         config = read_config(config)
+    from harness.archs.base import MoEArch
+
+    config = MoEArch.unwrapped_config(config)  # a multimodal wrapper: the family it wraps
     model_type = config.get("model_type")
-    if model_type == "llama4" and "text_config" in config:  # multimodal wrapper
-        config = {**config["text_config"], "model_type": "llama4_text"}
-        model_type = "llama4_text"
     if model_type not in REGISTRY:
         raise UnsupportedModelError(
             f"model_type {model_type!r} is not a supported MoE family; "

@@ -65,8 +65,15 @@ class MoEArch:
     hub_block_attr: ClassVar[str | None] = None
     hub_expert_names: ClassVar[dict[str, str]] = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
     # Hub layout when the checkpoint stores the routed experts fused (Llama-4): the names, under
-    # `<block>.experts.`, of the gate_up [E, H, 2I] and down [E, I, H] tensors. None: per-expert keys.
+    # `<block>.experts.`, of the gate_up and down tensors (rows oriented as `split_fused_expert` reads
+    # them). None: per-expert keys.
     hub_fused_expert_names: ClassVar[dict[str, str] | None] = None
+    # Module paths of the causal-LM model, which are also the key prefixes of its checkpoint tensors.
+    embedding_path: ClassVar[str] = "model.embed_tokens"
+    layers_path: ClassVar[str] = "model.layers"
+    # The model_type of the multimodal wrapper whose config.json nests this family's settings under
+    # `text_config` (Llama-4: "llama4"); None when the family has none.
+    wrapper_model_type: ClassVar[str | None] = None
     # Other config keys that also hold the routed-expert count (rewritten with it).
     expert_count_aliases: ClassVar[tuple[str, ...]] = ()
     # True for the group-limited top-k router (GLM-4.5, DeepSeek-V3), which scores every group by
@@ -80,6 +87,29 @@ class MoEArch:
         self.config = config
 
     # -- config -----------------------------------------------------------------------
+    @classmethod
+    def text_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The dict in a config.json that holds this family's settings: `config` itself, or the `text_config`
+        of the family's multimodal wrapper (the same object, so updating it updates `config`)."""
+        if cls.wrapper_model_type is not None and config.get("model_type") == cls.wrapper_model_type \
+                and "text_config" in config:
+            return config["text_config"]
+        return config
+
+    @staticmethod
+    def unwrapped_config(config: dict[str, Any]) -> dict[str, Any]:
+        """A multimodal wrapper's config.json as the config of the family it wraps (its `text_config`, with
+        the family's model_type); any other config as it is. Imports the adapters only for a wrapper."""
+        from harness.archs import REGISTRY, arch_class
+
+        if config.get("model_type") in REGISTRY or "text_config" not in config:
+            return config
+        for family in REGISTRY:
+            cls = arch_class(family)
+            if cls.wrapper_model_type == config.get("model_type"):
+                return {**cls.text_config(config), "model_type": cls.model_type}
+        return config
+
     @property
     def num_experts(self) -> int:
         return int(self.config[self.expert_count_key])
@@ -98,6 +128,10 @@ class MoEArch:
         return int(self.config.get("topk_group") or self.n_group)
 
     # -- modules ----------------------------------------------------------------------
+    def layer_prefix(self, index: int) -> str:
+        """The key prefix (and module path, dot-terminated) of decoder layer `index`."""
+        return f"{self.layers_path}.{index}."
+
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         inner = model.model if hasattr(model, "model") else model
         return inner.layers
@@ -131,9 +165,16 @@ class MoEArch:
 
     # -- canonical expert view ---------------------------------------------------------------
     def expert_weights(self, layer: MoELayer, j: int) -> ExpertWeights:
-        gate_up = layer.experts.gate_up_proj[j]  # [2I, H]
+        return self.split_fused_expert(layer.experts.gate_up_proj[j], layer.experts.down_proj[j])
+
+    def split_fused_expert(self, gate_up: torch.Tensor, down: torch.Tensor) -> ExpertWeights:
+        """Expert j from its rows of the family's fused tensors (here gate_up [2I, H], down [H, I])."""
         inter = gate_up.shape[0] // 2
-        return ExpertWeights(gate=gate_up[:inter], up=gate_up[inter:], down=layer.experts.down_proj[j])
+        return ExpertWeights(gate=gate_up[:inter], up=gate_up[inter:], down=down)
+
+    def join_fused_expert(self, expert: ExpertWeights) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverse of `split_fused_expert`: one expert's (gate_up, down) rows of the fused tensors."""
+        return torch.cat([expert.gate, expert.up], dim=0), expert.down
 
     def expert_forward(self, layer: MoELayer, j: int, x: torch.Tensor) -> torch.Tensor:
         """Expert j's unweighted output f_j(x) for tokens x [T, H]."""
@@ -185,12 +226,10 @@ class MoEArch:
                     rel = f"{self.block_attr}.{rel[len(hub_block) + 1:]}"
                 state[self.module_key(rel)] = tensor
         if experts:
-            ids = sorted(experts)
+            rows = [self.join_fused_expert(ExpertWeights(**experts[j])) for j in sorted(experts)]
             ours = f"{self.block_attr}.experts."
-            state[f"{ours}gate_up_proj"] = torch.stack(
-                [torch.cat([experts[j]["gate"], experts[j]["up"]], dim=0) for j in ids]
-            )
-            state[f"{ours}down_proj"] = torch.stack([experts[j]["down"] for j in ids])
+            state[f"{ours}gate_up_proj"] = torch.stack([gate_up for gate_up, _ in rows])
+            state[f"{ours}down_proj"] = torch.stack([down for _, down in rows])
         return state
 
     def module_key(self, hub_key: str) -> str:

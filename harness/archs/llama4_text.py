@@ -22,14 +22,16 @@ class Llama4TextArch(MoEArch):
     shared_attr = "shared_expert"
     scales_input = True
     hub_fused_expert_names = {"gate_up": "gate_up_proj", "down": "down_proj"}
+    wrapper_model_type = "llama4"  # the multimodal Llama4ForConditionalGeneration config
     structure_keys = ("interleave_moe_layer_step", "moe_layers")
 
-    def expert_weights(self, layer: MoELayer, j: int) -> ExpertWeights:
-        gate_up = layer.experts.gate_up_proj[j]  # [H, 2I]
+    def split_fused_expert(self, gate_up: torch.Tensor, down: torch.Tensor) -> ExpertWeights:
+        """Llama-4 stores experts input-major, in the module and on disk: gate_up [H, 2I], down [I, H]."""
         inter = gate_up.shape[1] // 2
-        return ExpertWeights(
-            gate=gate_up[:, :inter].T, up=gate_up[:, inter:].T, down=layer.experts.down_proj[j].T
-        )
+        return ExpertWeights(gate=gate_up[:, :inter].T, up=gate_up[:, inter:].T, down=down.T)
+
+    def join_fused_expert(self, expert: ExpertWeights) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([expert.gate.T, expert.up.T], dim=1), expert.down.T
 
     def route(self, layer: MoELayer, hidden: torch.Tensor) -> Routing:
         scores, logits = layer.router(hidden)

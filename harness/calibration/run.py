@@ -25,9 +25,9 @@ from torch import nn
 
 from harness.archs import get_arch, read_config
 from harness.archs.base import MoEArch
-from harness.calibration.checkpoint_io import ShardReader
 from harness.calibration.observer import Observer
 from harness.calibration.statistics import STATS_FORMAT_VERSION, CalibrationStatistics, LayerStatistics
+from harness.checkpoint.shards import ShardReader
 
 log = logging.getLogger("harness.calibration")
 
@@ -121,9 +121,9 @@ def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attenti
     model.eval()
     inner = model.model
     weights = _LayerWeights(model_dir, arch, dtype)
-    embed_key = "model.embed_tokens.weight"
-    inner.embed_tokens.to_empty(device=device)
-    inner.embed_tokens.weight.data.copy_(weights.load(embed_key)[embed_key])
+    embedding, embed_key = model.get_submodule(arch.embedding_path), f"{arch.embedding_path}.weight"
+    embedding.to_empty(device=device)
+    embedding.weight.data.copy_(weights.load(embed_key)[embed_key])
     with torch.device(device):  # recompute inv_freq (a meta tensor so far)
         inner.rotary_emb = type(inner.rotary_emb)(config=inner.config)
     layers = arch.decoder_layers(model)
@@ -143,7 +143,7 @@ def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attenti
             layer_kwargs.append([_moved(k, home, memo) for k in kwargs])
         with _progress(len(layers), "calibrating (sequential)", progress) as bar:
             for index, layer in enumerate(layers):
-                prefix = f"model.layers.{index}."
+                prefix = arch.layer_prefix(index)
                 layer.to_empty(device=device)
                 layer.load_state_dict(arch.hub_to_module_state(weights.load(prefix, device), prefix), strict=True)
                 if index in moe_layers:
@@ -194,7 +194,7 @@ class _LayerWeights:
         from harness.quantisation import detect_format
 
         self.reader = ShardReader(model_dir)
-        self.format = detect_format(read_config(model_dir), self.reader.key_to_file)
+        self.format = detect_format(read_config(model_dir), self.reader.tensors)
         self.dtype = dtype
 
     def load(self, prefix: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -202,7 +202,7 @@ class _LayerWeights:
 
     def load_outside(self, prefix: str) -> dict[str, torch.Tensor]:
         """Every tensor whose key does not start with `prefix` (embeddings, final norm, head)."""
-        keys = [k for k in self.reader.key_to_file if not k.startswith(prefix)]
+        keys = [k for k in self.reader.tensors if not k.startswith(prefix)]
         return self._dequantised(self.reader.load_keys(keys))
 
     def _dequantised(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -289,10 +289,11 @@ def _load_dequantised(model_dir: str | Path, dtype: torch.dtype, devices: list[t
     first, last = devices[0], devices[-1]
     for index, layer in enumerate(layers):
         device = devices[index // per_device]
-        prefix = f"model.layers.{index}."
+        prefix = arch.layer_prefix(index)
         layer.to_empty(device=device)
         layer.load_state_dict(arch.hub_to_module_state(weights.load(prefix, device), prefix), strict=True)
-    rest = weights.load_outside("model.layers.")
+    layers_prefix = f"{arch.layers_path}."
+    rest = weights.load_outside(layers_prefix)
     for name, module in model.named_children():
         if name != "model":
             module.to_empty(device=last)
@@ -301,7 +302,7 @@ def _load_dequantised(model_dir: str | Path, dtype: torch.dtype, devices: list[t
         if name != "layers":
             module.to_empty(device=last if name == "norm" else first)
     missing, unexpected = model.load_state_dict(rest, strict=False)
-    missing = [k for k in missing if not k.startswith("model.layers.")]
+    missing = [k for k in missing if not k.startswith(layers_prefix)]
     if config.tie_word_embeddings:
         model.tie_weights()
         missing = [k for k in missing if k != "lm_head.weight"]
@@ -312,8 +313,8 @@ def _load_dequantised(model_dir: str | Path, dtype: torch.dtype, devices: list[t
     if len(devices) > 1:
         from accelerate import dispatch_model
 
-        device_map = {"model.embed_tokens": first, "model.rotary_emb": first, "model.norm": last, "lm_head": last}
-        device_map.update({f"model.layers.{i}": devices[i // per_device] for i in range(len(layers))})
+        device_map = {arch.embedding_path: first, "model.rotary_emb": first, "model.norm": last, "lm_head": last}
+        device_map.update({f"{arch.layers_path}.{i}": devices[i // per_device] for i in range(len(layers))})
         model = dispatch_model(model, device_map=device_map)
     del unexpected  # MTP layers beyond num_hidden_layers, not part of the forward
     return model.eval()

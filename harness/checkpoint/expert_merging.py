@@ -5,9 +5,9 @@ without changing what it computes, so two experts trained apart may hold similar
 in different places. Alignment finds, by linear assignment, the permutation of each
 member's neurons that best matches the dominant expert (`members[0]`) before averaging.
 
-FP8 checkpoints are merged by dequantising, merging in float and quantising again with the
-same block layout; that arithmetic lives in `harness.quantisation` (re-exported here under
-its earlier names).
+This is weight arithmetic on the canonical view only; FP8 checkpoints are merged by
+dequantising, merging here in float and quantising again with the same block layout
+(`harness.checkpoint.merge_outputs`, with the format arithmetic of `harness.quantisation`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,6 @@ from collections.abc import Sequence
 import torch
 
 from harness.archs.base import ExpertWeights
-from harness.quantisation import FP8_DTYPES, scale_block
-from harness.quantisation import dequantise_fp8 as dequantize_fp8
-from harness.quantisation import quantise_fp8 as quantize_fp8
-
-__all__ = ["FP8_DTYPES", "alignment_permutation", "compute_dtype", "dequantize_fp8", "merge_experts",
-           "neuron_similarity", "permute_neurons", "quantize_fp8", "scale_block"]
 
 
 # -- alignment -------------------------------------------------------------------------------
