@@ -2,16 +2,13 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-serve test test-slow lint clean
+.PHONY: setup demo test test-slow lint clean
 
 setup:
 	bash scripts/setup.sh
 
 demo: setup
 	$(PY) -m harness.sweep sweeps/tiny.yaml
-
-demo-serve: setup
-	$(PY) -m harness.demo
 
 test: setup
 	$(PY) -m pytest

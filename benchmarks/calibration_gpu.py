@@ -78,7 +78,8 @@ def main() -> None:
         return best
 
     def observed(mean_out: bool):
-        return lambda: calibrate_loaded(model, arch, ids, mask, batch_size=args.batch_size, mean_out=mean_out)
+        return lambda: calibrate_loaded(model, arch, ids, mask, batch_size=args.batch_size,
+                                        extras={"mean_out"} if mean_out else ())
 
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

@@ -65,9 +65,9 @@ def overhead(model_dir: Path, samples: int, length: int, batch_size: int, repeat
 
     t_plain = best(plain)
     t_routed = best(lambda: calibrate_loaded(model, arch, ids, mask, batch_size=batch_size))
-    t_mean = best(lambda: calibrate_loaded(model, arch, ids, mask, batch_size=batch_size, mean_out=True))
-    t_all = best(lambda: calibrate_loaded(model, arch, ids, mask, batch_size=batch_size, mean_out=True,
-                                          router_similarity=True))
+    t_mean = best(lambda: calibrate_loaded(model, arch, ids, mask, batch_size=batch_size, extras={"mean_out"}))
+    everything = {"mean_out", "router_similarity"}
+    t_all = best(lambda: calibrate_loaded(model, arch, ids, mask, batch_size=batch_size, extras=everything))
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model: qwen3_moe scaled, {params:.0f} M params, {samples}x{length} tokens, batch {batch_size}, "
           f"torch threads {torch.get_num_threads()}, best of {repeats}")

@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         # Data problems surface while tokenising, before the model is loaded.
-        _, out_dir = stored_calibration(Store(args.out), source, spec, mean_out=args.mean_out,
-                                        router_similarity=args.router_similarity, dtype=args.dtype,
+        extras = {name for name, wanted in (("mean_out", args.mean_out),
+                                            ("router_similarity", args.router_similarity)) if wanted}
+        _, out_dir = stored_calibration(Store(args.out), source, spec, extras=extras, dtype=args.dtype,
                                         sequential=args.sequential, batch_size=args.batch_size, progress=True,
                                         force=args.force)
     except (FileNotFoundError, ValueError, CalibrationDeviceError) as error:

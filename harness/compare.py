@@ -11,6 +11,7 @@ task's samples (jointly: one draw per task per bootstrap round) and averages tas
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.results import atomic_write_table, read_samples
+from harness.results import atomic_write_table, read_results, read_samples
 
 DEFAULT_RESAMPLES = 10_000
 CHUNK = 1_000  # bootstrap rounds per vectorised block: bounds memory at CHUNK x n indices
@@ -61,8 +62,14 @@ def _ci(boot: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def compare(pairs: pd.DataFrame, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-            level: float = 0.95) -> pd.DataFrame:
-    """One row per task and per category: means, difference and its percentile bootstrap CI."""
+            level: float = 0.95, members: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """One row per task and per category: means, difference and its percentile bootstrap CI.
+
+    A category is scored from its tasks' means by the rule the results table uses
+    (harness.tasks.categories.combine), over `members[category]` when given (a sweep's
+    `category_tasks`, as recorded in its results table), else over every task of the category."""
+    from harness.tasks.categories import combine
+
     rng = np.random.default_rng(seed)
     rows = []
     boots: dict[str, np.ndarray] = {}
@@ -75,19 +82,35 @@ def compare(pairs: pd.DataFrame, n_resamples: int = DEFAULT_RESAMPLES, seed: int
                          ci_low=lo, ci_high=hi))
     task_rows = pd.DataFrame(rows)
     for cat, grp in task_rows.groupby("category", sort=True):
-        boot = np.mean([boots[t] for t in grp["name"]], axis=0)
+        grp = grp[[members is None or cat not in members or t in members[cat] for t in grp["name"]]]
+        if grp.empty:
+            continue
+        tasks = list(grp["name"])
+        boot = combine(cat, {t: boots[t] for t in tasks})[0]
         lo, hi = _ci(boot, level)
-        rows.append(dict(level="category", name=cat, category=cat, n=int(grp["n"].sum()),
-                         baseline=grp["baseline"].mean(), method=grp["method"].mean(), diff=grp["diff"].mean(),
-                         ci_low=lo, ci_high=hi))
+        base = combine(cat, dict(zip(tasks, grp["baseline"], strict=True)))[0]
+        new = combine(cat, dict(zip(tasks, grp["method"], strict=True)))[0]
+        rows.append(dict(level="category", name=cat, category=cat, n=int(grp["n"].sum()), baseline=base,
+                         method=new, diff=new - base, ci_low=lo, ci_high=hi))
     out = pd.DataFrame(rows)
     out["significant"] = (out["ci_low"] > 0) | (out["ci_high"] < 0)
     return out
 
 
+def category_members(results: pd.DataFrame, model: str, method: str, ratio: float) -> dict[str, list[str]]:
+    """The tasks each category row of a results table was scored over (its provenance "tasks")."""
+    rows = results[(results["model"] == model) & (results["method"] == method)
+                   & np.isclose(results["ratio"], 0.0 if method == "baseline" else ratio)
+                   & (results["task"] == results["category"])]
+    return {r.category: json.loads(r.provenance).get("tasks", []) for r in rows.itertuples()}
+
+
 def compare_samples(samples: pd.DataFrame, baseline: str, method: str, model: str | None = None,
-                    ratio: float | None = None, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> pd.DataFrame:
-    """Compare ``method`` against ``baseline`` for every (model, ratio) both have (or the one asked)."""
+                    ratio: float | None = None, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                    results: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Compare ``method`` against ``baseline`` for every (model, ratio) both have (or the one asked).
+
+    With the sweep's `results` table, categories are scored over the tasks its category rows name."""
     m = samples[samples["method"] == method]
     combos = m[["model", "ratio"]].drop_duplicates()
     if model is not None:
@@ -98,7 +121,11 @@ def compare_samples(samples: pd.DataFrame, baseline: str, method: str, model: st
         raise ValueError(f"no samples of method {method!r} for model={model} ratio={ratio}")
     frames = []
     for c in combos.sort_values(["model", "ratio"]).itertuples():
-        res = compare(paired_diffs(samples, c.model, baseline, method, c.ratio), n_resamples, seed)
+        members = None
+        if results is not None:
+            ours, theirs = (category_members(results, c.model, m, c.ratio) for m in (method, baseline))
+            members = {cat: [t for t in tasks if t in theirs.get(cat, tasks)] for cat, tasks in ours.items()}
+        res = compare(paired_diffs(samples, c.model, baseline, method, c.ratio), n_resamples, seed, members=members)
         res.insert(0, "ratio", c.ratio)
         res.insert(0, "model", c.model)
         frames.append(res)
@@ -120,9 +147,24 @@ def format_table(res: pd.DataFrame) -> str:
     return show[cols].to_string(index=False)
 
 
+def _read_inputs(paths: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Samples (and, for sweep results folders, their results tables) from the command line's paths."""
+    sample_files, result_files = [], []
+    for p in map(Path, paths):
+        if p.is_dir() and (p / "samples.parquet").is_file():  # a sweep's results folder
+            sample_files.append(p / "samples.parquet")
+            if (p / "results.parquet").is_file():
+                result_files.append(p / "results.parquet")
+        else:
+            sample_files.append(p)
+    samples = read_samples(*sample_files)
+    return samples, read_results(*result_files) if result_files else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.compare", description=__doc__.splitlines()[0])
-    ap.add_argument("samples", nargs="+", help="per-sample records (CSV/parquet files or directories)")
+    ap.add_argument("samples", nargs="+", help="a sweep's results folder (results/<sweep>: its samples.parquet, "
+                    "categories as its results table defines them), or per-sample record files/directories")
     ap.add_argument("--baseline", required=True, help='method compared against (e.g. "reap" or "baseline")')
     ap.add_argument("--method", required=True)
     ap.add_argument("--model")
@@ -132,9 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--csv", type=Path, help="also write the table here")
     args = ap.parse_args(argv)
     try:
-        res = compare_samples(read_samples(*args.samples), args.baseline, args.method, args.model, args.ratio,
-                              args.resamples, args.seed)
-    except ValueError as e:
+        samples, results = _read_inputs(args.samples)
+        res = compare_samples(samples, args.baseline, args.method, args.model, args.ratio, args.resamples, args.seed,
+                              results=results)
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(res))

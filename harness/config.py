@@ -232,16 +232,16 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
 
 def _model_problems(cfg: SweepConfig, model: ModelSpec, index: int) -> list[str]:
     """Resolve the model (local directory, or hub id -> commit in the cache or on the hub) and check its layout."""
-    from harness.archs import REGISTRY as FAMILIES
-    from harness.archs import get_arch, read_config
+    from harness.archs import get_arch, read_config, supported_families
     from harness.hub import ModelUnavailableError, looks_local, resolve
     from harness.methods.constraints import ExpertConstraints, InfeasibleRatioError
 
     where = f"models[{index}] ({model.name})"
     problems: list[str] = []
     layout = model.experts
-    if model.family is not None and model.family not in FAMILIES:
-        return [f"{where}: unknown family {model.family!r}; supported: {', '.join(FAMILIES)}"]
+    families = supported_families()
+    if model.family is not None and model.family not in families:
+        return [f"{where}: unknown family {model.family!r}; supported: {', '.join(families)}"]
     try:
         source = resolve(model.path, model.revision, cfg.base, cfg.hub)
     except ModelUnavailableError as exc:

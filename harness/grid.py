@@ -144,9 +144,7 @@ def build_grid(cfg: SweepConfig, filters: Filters | None = None) -> Grid:
     models = []
     for model in cfg.models:
         source = cfg.source(model)
-        calib_settings = calibration_settings_for(source, cfg.calibration, mean_out="mean_out" in needs,
-                                                  router_similarity="router_similarity" in needs,
-                                                  dtype=model.calibration_dtype)
+        calib_settings = calibration_settings_for(source, cfg.calibration, extras=needs, dtype=model.calibration_dtype)
         calib_key = stage_key("calibration", calib_settings)
         if model.family is None:
             model = model.model_copy(update={"family": get_arch(read_config(source.metadata_dir)).model_type})

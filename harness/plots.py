@@ -30,22 +30,13 @@ from harness.results import read_results  # noqa: E402
 
 # ---------------------------------------------------------------- registries (data)
 
-# The paper's colours (Paul Tol's "bright" scheme), by method name.
-PALETTE: dict[str, str] = {
-    "reap": "#4477AA", "ean": "#EE6677", "frequency": "#228833", "hc_smoe": "#CCBB44", "m_smoe": "#66CCEE",
-}
-# Colours handed out, in order, to methods the palette does not know (none repeats a palette one).
+# Colours handed out, in order, to methods that do not bring their own (Method.plot_colour); none repeats a
+# method's own colour.
 EXTRA_COLOURS: tuple[str, ...] = (
     "#AA3377", "#EE7733", "#009988", "#332288", "#882255", "#999933", "#CC3311", "#0077BB", "#44AA99",
     "#DDAA33",
 )
-LABELS: dict[str, str] = {
-    "baseline": "Baseline", "reap": "REAP (ours)", "ean": "EAN", "frequency": "Frequency",
-    "hc_smoe": "HC-SMoE", "m_smoe": "M-SMoE",
-}
-# Which methods merge experts; anything not listed prunes. Override with METHOD_KIND[name] = ...
-METHOD_KIND: dict[str, str] = {"hc_smoe": "merging", "m_smoe": "merging"}
-DEFAULT_KIND = "pruning"
+DEFAULT_KIND = "pruning"  # an unregistered method name (e.g. a sweep's `label:`) is drawn as pruning
 KIND_ORDER = ("pruning", "merging")
 METHOD_ORDER = ("reap", "ean", "frequency", "hc_smoe", "m_smoe")
 MODEL_MARKERS: dict[str, str] = {
@@ -61,12 +52,40 @@ BASELINE = "baseline"
 PAPER_STYLE = dict(linestyle=":", markerfacecolor="none")  # overlay: the paper's points, hollow
 
 
+def _method_class(method: str):
+    """The registered method class of that name (its kind and plot style are class attributes), or None."""
+    from harness.methods import METHODS
+
+    if method not in METHODS:
+        return None
+    try:
+        return METHODS.resolve(method)
+    except (ImportError, TypeError):
+        return None
+
+
 def method_kind(method: str) -> str:
-    return METHOD_KIND.get(method, DEFAULT_KIND)
+    cls = _method_class(method)
+    return {"prune": "pruning", "merge": "merging"}[cls.kind] if cls is not None else DEFAULT_KIND
 
 
 def method_label(method: str) -> str:
-    return LABELS.get(method, method)
+    if method == BASELINE:
+        return "Baseline"
+    cls = _method_class(method)
+    return (cls.plot_label if cls is not None else None) or method
+
+
+def method_palette() -> dict[str, str]:
+    """The colours methods bring with them (Method.plot_colour)."""
+    from harness.methods import METHODS
+
+    found = {}
+    for name in METHODS.names():
+        cls = _method_class(name)
+        if cls is not None and cls.plot_colour:
+            found[name] = cls.plot_colour
+    return found
 
 
 def ordered_methods(methods: Iterable[str]) -> list[str]:
@@ -78,11 +97,12 @@ def ordered_methods(methods: Iterable[str]) -> list[str]:
 
 def method_colours(methods: Iterable[str]) -> dict[str, str]:
     """Palette colour for known methods, a distinct extra colour for each new one."""
-    spare = iter(EXTRA_COLOURS)
+    palette = method_palette()
+    spare = iter(c for c in EXTRA_COLOURS if c not in palette.values())
     out = {}
     for m in ordered_methods(methods):
-        if m in PALETTE:
-            out[m] = PALETTE[m]
+        if m in palette:
+            out[m] = palette[m]
         else:
             out[m] = next(spare, None) or matplotlib.colors.to_hex(plt.cm.tab20(len(out) % 20))
     return out

@@ -92,3 +92,53 @@ def test_cli(tmp_path, capsys):
     assert "category" in text and "95% CI" in text
     assert len(pd.read_csv(out)) == 3
     assert compare.main([str(tmp_path / "s.csv"), "--baseline", "reap", "--method", "nope"]) == 2
+
+
+def test_compare_on_a_sweep_results_folder_scores_categories_as_its_table(zoo_dir, tmp_path, capsys):
+    """The sweep's own collect step writes results/<sweep>; compare, pointed at that folder, gives the
+    category differences of its table (category_tasks honoured, coding scored as the paper does)."""
+    import yaml
+
+    from harness.config import load_sweep
+    from harness.grid import build_grid
+    from harness.stages.collect import collect_results, write_outputs
+    from harness.stages.evaluate import save_result
+    from harness.store import Store
+    from harness.tasks import get_task_class
+    from harness.tasks.base import SampleRecord, TaskResult
+    from tests.conftest import DATASETS
+
+    tasks = ["humaneval_plus", "mbpp_plus", "gsm8k", "math500", "arc_easy", "hellaswag"]
+    body = {"name": "cmp", "models": [{"name": "tiny", "path": str(zoo_dir / "qwen3_moe")}],
+            "calibration": {"datasets": [{"source": "org/data"}], "samples": 4, "length": 8},
+            "methods": ["frequency"], "ratios": [0.5], "tasks": tasks, "data_dir": str(DATASETS),
+            "work_dir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results"), "plots": False,
+            "category_tasks": {"coding": ["humaneval_plus"], "mc": ["arc_easy"]}}
+    (tmp_path / "cmp.yaml").write_text(yaml.safe_dump(body))
+    cfg = load_sweep(tmp_path / "cmp.yaml")
+    grid = build_grid(cfg)
+    store = Store(cfg.work_path)
+    rng = np.random.default_rng(3)
+    for variant in grid.models[0].variants:
+        for name in tasks:
+            scores = rng.integers(0, 2, 30).astype(float)
+            result = TaskResult(task=name, category=get_task_class(name).category, score=float(scores.mean()),
+                                metrics={"accuracy": float(scores.mean())}, n_samples=len(scores),
+                                samples=[SampleRecord(sample_id=str(i), prompt="p", output="o", score=s)
+                                         for i, s in enumerate(scores)])
+            key = variant.eval_keys[name]
+            save_result(store.dir("eval", key), result)
+            store.mark_done("eval", key)
+    write_outputs(cfg, *collect_results(cfg, store, grid))
+    table = pd.read_parquet(tmp_path / "results" / "results.parquet")
+
+    assert compare.main([str(tmp_path / "results"), "--baseline", "baseline", "--method", "frequency",
+                         "--resamples", "200", "--csv", str(tmp_path / "cmp.csv")]) == 0
+    res = pd.read_csv(tmp_path / "cmp.csv")
+    cats = table[table["task"] == table["category"]]
+    for row in res[res["level"] == "category"].itertuples():
+        value = {m: cats[(cats["method"] == m) & (cats["task"] == row.name)]["value"].item()
+                 for m in ("baseline", "frequency")}
+        assert row.diff == pytest.approx(value["frequency"] - value["baseline"], abs=1e-6), row.name  # CSV digits
+        assert row.baseline == pytest.approx(value["baseline"], abs=1e-6)
+    assert set(res[res["level"] == "category"]["name"]) == {"coding", "math", "mc"}

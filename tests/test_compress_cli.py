@@ -33,8 +33,8 @@ def calibrate(model_dir, out_dir, *, extras: bool = True):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     spec = CalibrationSpec(datasets=[{"source": str(FIXTURE)}], samples=4, length=96)
     batch = build_calibration_batch(spec, AutoTokenizer.from_pretrained(model_dir))
-    layers = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask, mean_out=extras,
-                              router_similarity=extras)
+    layers = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask,
+                              extras={"mean_out", "router_similarity"} if extras else ())
     manifest = {"key": f"test-{model_dir.name}-{extras}", "family": arch.model_type, "num_experts": arch.num_experts}
     CalibrationStatistics(layers, manifest).save(out_dir)
     return out_dir

@@ -582,9 +582,9 @@ def test_plans_validate_and_round_trip(name, tmp_path):
 
 def test_missing_statistics_and_mismatched_experts():
     plain = CalibrationStatistics({0: make_layer([1, 2, 3, 4])})
-    with pytest.raises(PlanningError, match="mean_out=True"):
+    with pytest.raises(PlanningError, match="extras including 'mean_out'"):
         get_method("hc_smoe").plan(plain, 0.5, ExpertConstraints(4, 2))
-    with pytest.raises(PlanningError, match="router_similarity=True"):
+    with pytest.raises(PlanningError, match="extras including 'router_similarity'"):
         get_method("m_smoe").plan(plain, 0.5, ExpertConstraints(4, 2))
     with pytest.raises(PlanningError, match="4 experts but the model has 8"):
         get_method("reap").plan(plain, 0.5, ExpertConstraints(8, 2))
@@ -656,7 +656,7 @@ def zoo_stats(zoo_dir):
         batch = AutoTokenizer.from_pretrained(path)(TEXTS, return_tensors="pt", padding=True)
         arch = get_arch(path)
         layers = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask,
-                                  mean_out=True, router_similarity=True)
+                                  extras={"mean_out", "router_similarity"})
         found[family] = (CalibrationStatistics(layers), ExpertConstraints.from_arch(arch))
     return found
 

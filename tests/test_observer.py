@@ -116,7 +116,7 @@ def _assert_matches(observed, reference):
 @pytest.mark.parametrize("family", list(ZOO))
 def test_statistics_equal_brute_force_reference(zoo_dir, family):
     _, model, arch, batch = _setup(zoo_dir, family)
-    with torch.no_grad(), Observer(model, arch, mean_out=True, router_similarity=True) as observer:
+    with torch.no_grad(), Observer(model, arch, extras={"mean_out", "router_similarity"}) as observer:
         observer.set_mask(batch.attention_mask)
         model(**batch)
     _assert_matches(observer.stats, brute_force(model, arch, batch))
@@ -157,11 +157,11 @@ def test_statistics_do_not_depend_on_batch_size_or_padding(zoo_dir, family):
     extra = tokenizer(TEXTS * 2, return_tensors="pt", padding="max_length",
                       max_length=batch.input_ids.shape[1] + 11)
     reference = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask, batch_size=8,
-                                 mean_out=True, router_similarity=True)
+                                 extras={"mean_out", "router_similarity"})
     one_by_one = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask, batch_size=1,
-                                  mean_out=True, router_similarity=True)
+                                  extras={"mean_out", "router_similarity"})
     padded = calibrate_loaded(model, arch, extra.input_ids, extra.attention_mask, batch_size=3,
-                              mean_out=True, router_similarity=True)
+                              extras={"mean_out", "router_similarity"})
     for index, ref in reference.items():
         for name, tensor in ref.tensors().items():
             _close(one_by_one[index].tensors()[name], tensor, f"batch size 1, layer {index} {name}")
@@ -173,9 +173,9 @@ def test_statistics_do_not_depend_on_batch_size_or_padding(zoo_dir, family):
 def test_sequential_mode_equals_normal_mode(zoo_dir, family):
     path, model, arch, batch = _setup(zoo_dir, family)
     normal = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask, batch_size=2,
-                              mean_out=True, router_similarity=True)
+                              extras={"mean_out", "router_similarity"})
     sequential = calibrate_sequential(path, batch.input_ids, batch.attention_mask, batch_size=3,
-                                      mean_out=True, router_similarity=True)
+                                      extras={"mean_out", "router_similarity"})
     assert set(sequential) == set(normal)
     for index, ref in normal.items():
         for name, tensor in ref.tensors().items():
@@ -186,7 +186,7 @@ def test_observer_leaves_model_output_unchanged(zoo_dir):
     _, model, arch, batch = _setup(zoo_dir, "glm4_moe_grouped")
     with torch.no_grad():
         plain = model(**batch).logits
-        with Observer(model, arch, mean_out=True, router_similarity=True) as observer:
+        with Observer(model, arch, extras={"mean_out", "router_similarity"}) as observer:
             observer.set_mask(batch.attention_mask)
             observed = model(**batch).logits
         after = model(**batch).logits

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from harness import plots
+from harness.methods.base import Method
 from harness.results import read_results, rows_to_frame
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def test_fig1_structure(fig1, fig1_data):
             ln = series[f"paper|{model}|{method}"]
             assert len(ln.get_xdata()) == n == 2
             assert ln.get_linestyle() == "--"
-            assert mcolors.to_hex(ln.get_color()) == plots.PALETTE[method].lower()
+            assert mcolors.to_hex(ln.get_color()) == plots.method_palette()[method].lower()
         base = [k for k in lines if k.startswith("baseline|")]
         assert len(base) == 7
         assert all(mcolors.to_hex(lines[k].get_color()) == "#000000" for k in base)
@@ -141,25 +142,34 @@ def test_fig2_bars_equal_reference():
     plots.plt.close(fig)
 
 
-def test_unknown_method_gets_colour_and_legend(fig1_data):
+class MyMerge(Method):  # a new merging method's class, as a new method module would define it
+    name = "my_new_method"
+    kind = "merge"
+
+    def plan_layers(self, stats, kept, constraints):
+        raise NotImplementedError
+
+
+def test_unknown_method_gets_colour_and_legend(fig1_data, monkeypatch):
     new = fig1_data[(fig1_data["method"] == "reap")].assign(method="my_new_method", value=lambda d: d["value"] * 0.9)
     df = pd.concat([fig1_data, new], ignore_index=True)
     fig = plots.figure1(df)
     ln = lines_by_gid(fig.axes[0])["paper|GLM-4.5-Air|my_new_method"]
     colour = mcolors.to_hex(ln.get_color())
-    assert colour not in {c.lower() for c in plots.PALETTE.values()}
+    assert colour not in {c.lower() for c in plots.method_palette().values()}
     texts = legend_texts(fig)
     assert "my_new_method" in texts
     pruning_head = [t for t in texts if "Pruning" in t][0]
     merging_head = [t for t in texts if "Merging" in t][0]
     assert texts.index(pruning_head) < texts.index("my_new_method") < texts.index(merging_head)
     plots.plt.close(fig)
-    plots.METHOD_KIND["my_new_method"] = "merging"
-    try:
-        texts = legend_texts(plots.figure1(df))
-        assert texts.index("my_new_method") > texts.index(merging_head)
-    finally:
-        del plots.METHOD_KIND["my_new_method"]
+    # Registered as a merging method (its class says so), it joins the merging group: no plot table to edit.
+    from harness import methods
+
+    entries = methods.METHODS.entries
+    monkeypatch.setattr(methods.METHODS, "entries", lambda: {**entries(), "my_new_method": f"{__name__}:MyMerge"})
+    texts = legend_texts(plots.figure1(df))
+    assert texts.index("my_new_method") > texts.index(merging_head)
     bars = plots.figure2(pd.concat([read_results(PAPER / "task_bars_glm_qwen.csv"),
                                     new.assign(task="math", category="math")]), models=["GLM-4.5-Air"])
     assert "my_new_method" in legend_texts(bars)

@@ -49,7 +49,7 @@ def references(quant_zoo, tmp_path_factory):  # noqa: F811
 def test_statistics_equal_brute_force_on_the_dequantised_weights(quant_zoo, references, quant, sequential):  # noqa: F811
     source = quant_zoo[quant]
     assert detect_format(source).is_quantised
-    stats = calibrate(source, SPEC, mean_out=True, router_similarity=True, sequential=sequential, dtype="float32",
+    stats = calibrate(source, SPEC, extras={"mean_out", "router_similarity"}, sequential=sequential, dtype="float32",
                       batch_size=4, progress=False)
     assert stats.manifest["quantisation"] == detect_format(source).name and stats.manifest["dtype"] == "float32"
 

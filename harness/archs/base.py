@@ -100,11 +100,11 @@ class MoEArch:
     def unwrapped_config(config: dict[str, Any]) -> dict[str, Any]:
         """A multimodal wrapper's config.json as the config of the family it wraps (its `text_config`, with
         the family's model_type); any other config as it is. Imports the adapters only for a wrapper."""
-        from harness.archs import REGISTRY, arch_class
+        from harness.archs import FAMILIES, arch_class
 
-        if config.get("model_type") in REGISTRY or "text_config" not in config:
+        if config.get("model_type") in FAMILIES or "text_config" not in config:
             return config
-        for family in REGISTRY:
+        for family in FAMILIES.names():
             cls = arch_class(family)
             if cls.wrapper_model_type == config.get("model_type"):
                 return {**cls.text_config(config), "model_type": cls.model_type}

@@ -17,30 +17,25 @@ import torch
 from torch import nn
 
 from harness.archs.base import MoEArch, MoELayer
-from harness.calibration.statistics import LayerStatistics
+from harness.calibration.statistics import STATISTICS, LayerStatistics, recorded, shape_of
 
 # "model": the routing the model computes (the default); "reap_repo": what the paper's public code records.
 ROUTING_MODES = ("model", "reap_repo")
 
 
 class _Accumulator:
-    """One layer's running sums, on the device the layer runs on, so recording never waits for the GPU.
+    """One layer's running sums (harness.calibration.statistics.STATISTICS), on the device the layer runs on,
+    so recording never waits for the GPU. Float64 sums make the result independent of batching; they move
+    to the host once, at the end."""
 
-    Float64 sums make the result independent of batching; they move to the host once, at the end.
-    """
-
-    def __init__(self, num_experts: int, hidden: int, device: torch.device, mean_out: bool,
-                 router_similarity: bool):
-        def zeros(*shape: int) -> torch.Tensor:
-            return torch.zeros(*shape, dtype=torch.float64, device=device)
-
-        self.count, self.gate_sum, self.ean_sum, self.reap_sum = (zeros(num_experts) for _ in range(4))
-        self.max_abs_act = zeros(num_experts)
-        self.max_act = torch.full((num_experts,), -torch.inf, dtype=torch.float64, device=device)
-        self.tokens = zeros(())
-        self.mean_out_sum = zeros(num_experts, hidden) if mean_out else None
-        self.router_gram = zeros(num_experts, num_experts) if router_similarity else None
-        self.router_logit_sum = zeros(num_experts) if router_similarity else None
+    def __init__(self, num_experts: int, hidden: int, device: torch.device, extras: frozenset[str]):
+        self.num_experts, self.hidden = num_experts, hidden
+        self.stats = recorded(extras)
+        for stat in STATISTICS:
+            value = None
+            if stat in self.stats:
+                value = torch.full(shape_of(stat, num_experts, hidden), stat.start, dtype=torch.float64, device=device)
+            setattr(self, stat.name, value)
 
     def add_routed(self, expert: torch.Tensor, gate: torch.Tensor, norm: torch.Tensor, real: torch.Tensor) -> None:
         """One entry per routed (token, expert) pair; `real` is 1 for real tokens, 0 for padding."""
@@ -49,23 +44,25 @@ class _Accumulator:
         self.ean_sum.index_add_(0, expert, norm * real)
         self.reap_sum.index_add_(0, expert, gate * norm * real)
 
-    def to_statistics(self, num_experts: int, hidden: int) -> LayerStatistics:
-        stats = LayerStatistics(num_experts=num_experts, hidden_size=hidden)
-        for name in ("count", "gate_sum", "ean_sum", "reap_sum", "max_abs_act", "mean_out_sum", "router_gram",
-                     "router_logit_sum"):
-            value = getattr(self, name)
-            setattr(stats, name, None if value is None else value.cpu())
-        stats.max_act = torch.where(self.count > 0, self.max_act, 0.0).cpu()  # never routed: 0
-        stats.tokens = int(self.tokens.item())
+    def to_statistics(self) -> LayerStatistics:
+        stats = LayerStatistics(num_experts=self.num_experts, hidden_size=self.hidden,
+                                extras={s.extra for s in self.stats if s.extra})
+        for stat in self.stats:
+            value = getattr(self, stat.name)
+            if stat.unrouted is not None:
+                value = torch.where(self.count > 0, value, stat.unrouted)
+            if stat.name == "tokens":
+                stats.tokens = int(value.item())
+            else:
+                setattr(stats, stat.name, value.cpu())
         return stats
 
 
 class Observer:
     """Context manager: `with Observer(model, arch) as obs: obs.set_mask(mask); model(...)`."""
 
-    def __init__(self, model: nn.Module | None, arch: MoEArch, *, mean_out: bool = False,
-                 router_similarity: bool = False, layers: list[MoELayer] | None = None,
-                 hidden_size: int | None = None, routing: str = "model"):
+    def __init__(self, model: nn.Module | None, arch: MoEArch, *, extras: frozenset[str] | set[str] | tuple = (),
+                 layers: list[MoELayer] | None = None, hidden_size: int | None = None, routing: str = "model"):
         if routing not in ROUTING_MODES:
             raise ValueError(f"routing must be one of {', '.join(ROUTING_MODES)}, got {routing!r}")
         self.arch = arch
@@ -74,8 +71,9 @@ class Observer:
         self.renormalise = bool(arch.config.get("norm_topk_prob", False))
         self._logits: dict[int, torch.Tensor] = {}
         self.layers = layers if layers is not None else arch.moe_layers(model)
-        self.mean_out = mean_out
-        self.router_similarity = router_similarity
+        self.extras = frozenset(extras)
+        recorded(self.extras)  # unknown names fail here, before any forward
+        self.router_similarity = "router_similarity" in self.extras
         self.hidden = hidden_size or int(arch.config["hidden_size"])
         self._sums: dict[int, _Accumulator] = {}
         self._mask: torch.Tensor | None = None
@@ -87,15 +85,14 @@ class Observer:
         out = {}
         for layer in self.layers:
             sums = self._sums.get(layer.index) or _Accumulator(layer.num_experts, self.hidden, torch.device("cpu"),
-                                                               self.mean_out, self.router_similarity)
-            out[layer.index] = sums.to_statistics(layer.num_experts, self.hidden)
+                                                               self.extras)
+            out[layer.index] = sums.to_statistics()
         return out
 
     def _accumulator(self, layer: MoELayer, device: torch.device) -> _Accumulator:
         sums = self._sums.get(layer.index)
         if sums is None:
-            sums = self._sums[layer.index] = _Accumulator(layer.num_experts, self.hidden, device, self.mean_out,
-                                                          self.router_similarity)
+            sums = self._sums[layer.index] = _Accumulator(layer.num_experts, self.hidden, device, self.extras)
         return sums
 
     def set_mask(self, attention_mask: torch.Tensor | None) -> None:

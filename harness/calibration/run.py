@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +51,12 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def calibrate_loaded(model: nn.Module, arch: MoEArch, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     *, batch_size: int = 8, mean_out: bool = False, router_similarity: bool = False,
+                     *, batch_size: int = 8, extras: Iterable[str] = (),
                      routing: str = "model", progress: bool = False) -> dict[int, LayerStatistics]:
     """Statistics of a model already in memory (on one device, or spread over several)."""
     device = model.get_input_embeddings().weight.device
     n_batches = -(-input_ids.shape[0] // batch_size)
-    with Observer(model, arch, mean_out=mean_out, router_similarity=router_similarity, routing=routing) as observer, \
+    with Observer(model, arch, extras=frozenset(extras), routing=routing) as observer, \
             torch.no_grad(), _progress(n_batches, "calibrating", progress) as bar:
         for ids, mask in _batches(input_ids, attention_mask, batch_size):
             observer.set_mask(mask)
@@ -102,7 +102,7 @@ def _layer_inputs(model: nn.Module, layers: nn.ModuleList, ids: torch.Tensor, ma
 
 
 def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                         batch_size: int = 8, mean_out: bool = False, router_similarity: bool = False,
+                         batch_size: int = 8, extras: Iterable[str] = (),
                          dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                          routing: str = "model", progress: bool = False) -> dict[int, LayerStatistics]:
     """Statistics with one decoder layer in memory at a time (plus the hidden states).
@@ -128,7 +128,7 @@ def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attenti
         inner.rotary_emb = type(inner.rotary_emb)(config=inner.config)
     layers = arch.decoder_layers(model)
     moe_layers = {layer.index: layer for layer in arch.moe_layers(model)}
-    observer = Observer(None, arch, mean_out=mean_out, router_similarity=router_similarity,
+    observer = Observer(None, arch, extras=frozenset(extras),
                         layers=list(moe_layers.values()), hidden_size=config.hidden_size, routing=routing)
 
     batches = list(_batches(input_ids, attention_mask, batch_size))
@@ -320,30 +320,27 @@ def _load_dequantised(model_dir: str | Path, dtype: torch.dtype, devices: list[t
     return model.eval()
 
 
-def calibration_settings(identity: dict[str, Any], data_fingerprint: dict[str, Any], *, mean_out: bool,
-                         router_similarity: bool, dtype: str) -> dict[str, Any]:
+def calibration_settings(identity: dict[str, Any], data_fingerprint: dict[str, Any], *, extras: Iterable[str],
+                         dtype: str) -> dict[str, Any]:
     """Exactly what the statistics depend on (not batch size, device or mode): the stage's key settings."""
     return {
         "stats_format": STATS_FORMAT_VERSION,
         "model": identity,
         "data": data_fingerprint,
-        "mean_out": mean_out,
-        "router_similarity": router_similarity,
+        "extras": sorted(extras),  # the optional statistics (harness.calibration.statistics.EXTRAS)
         "dtype": dtype,
     }
 
 
-def calibration_settings_for(source, spec, *, mean_out: bool, router_similarity: bool, dtype: str
-                             ) -> dict[str, Any]:
+def calibration_settings_for(source, spec, *, extras: Iterable[str], dtype: str) -> dict[str, Any]:
     """calibration_settings of a harness.hub.ModelSource (reads only its config, never its weights)."""
     from harness.calibration.data import spec_fingerprint
 
-    return calibration_settings(source.identity, spec_fingerprint(spec), mean_out=mean_out,
-                                router_similarity=router_similarity,
+    return calibration_settings(source.identity, spec_fingerprint(spec), extras=extras,
                                 dtype=resolve_dtype(dtype, read_config(source.metadata_dir)))
 
 
-def calibrate(model_dir: str | Path, spec, *, mean_out: bool = False, router_similarity: bool = False,
+def calibrate(model_dir: str | Path, spec, *, extras: Iterable[str] = (),
               sequential: bool = False, device: str | None = None, dtype: str = "auto", batch_size: int = 8,
               progress: bool = True) -> CalibrationStatistics:
     """Tokenise the calibration set and record the statistics (no caching: see stored_calibration)."""
@@ -363,12 +360,12 @@ def calibrate(model_dir: str | Path, spec, *, mean_out: bool = False, router_sim
     started = time.monotonic()
     if sequential:
         stats = calibrate_sequential(model_dir, batch.input_ids, batch.attention_mask, batch_size=batch_size,
-                                     mean_out=mean_out, router_similarity=router_similarity, dtype=torch_dtype,
+                                     extras=extras, dtype=torch_dtype,
                                      device=devices[0], routing=spec.routing, progress=progress)
     else:
         model = load_model(model_dir, torch_dtype, devices)
         stats = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask, batch_size=batch_size,
-                                 mean_out=mean_out, router_similarity=router_similarity, routing=spec.routing,
+                                 extras=extras, routing=spec.routing,
                                  progress=progress)
         del model
     manifest = {
@@ -384,8 +381,7 @@ def calibrate(model_dir: str | Path, spec, *, mean_out: bool = False, router_sim
         "samples": int(batch.input_ids.shape[0]),
         "length": int(batch.input_ids.shape[1]),
         "tokens": int(batch.attention_mask.sum()),
-        "mean_out": mean_out,
-        "router_similarity": router_similarity,
+        "extras": sorted(extras),
         "routing": spec.routing,
         "dtype": dtype_name,
         # Not part of the key: how the numbers were produced.
@@ -396,20 +392,20 @@ def calibrate(model_dir: str | Path, spec, *, mean_out: bool = False, router_sim
     return CalibrationStatistics(stats, manifest)
 
 
-def stored_calibration(store, source, spec, *, mean_out: bool = False, router_similarity: bool = False,
+def stored_calibration(store, source, spec, *, extras: Iterable[str] = (),
                        dtype: str = "auto", sequential: bool = False, device: str | None = None,
                        batch_size: int = 8, progress: bool = True, force: bool = False) -> tuple[str, Path]:
     """Calibrate `source` (a harness.hub.ModelSource) into the store, once per key; returns (key, directory)."""
     from harness.store import stage_key
 
-    settings = calibration_settings_for(source, spec, mean_out=mean_out, router_similarity=router_similarity,
+    settings = calibration_settings_for(source, spec, extras=extras,
                                         dtype=dtype)
     key = stage_key("calibration", settings)
     out = store.dir("calibration", key)
     if store.is_done("calibration", key) and not force:
         return key, out
     store.reset("calibration", key)
-    stats = calibrate(source.directory(), spec, mean_out=mean_out, router_similarity=router_similarity,
+    stats = calibrate(source.directory(), spec, extras=extras,
                       sequential=sequential, device=device, dtype=dtype, batch_size=batch_size, progress=progress)
     stats.manifest["key"] = key
     stats.save(out)

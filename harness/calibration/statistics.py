@@ -18,38 +18,68 @@ from harness.atomic import atomic_write
 # Bump when a statistic's definition or the file layout changes: it is part of the cache key.
 STATS_FORMAT_VERSION = 2  # 2: max_act is the signed maximum; max_abs_act added
 
-ROUTED_STATS = ("count", "gate_sum", "ean_sum", "reap_sum", "max_act", "max_abs_act")
+@dataclass(frozen=True)
+class Statistic:
+    """One statistic the observer can record, per MoE layer.
+
+    `shape` is in experts E and hidden size H; `extra` names the optional group that records it
+    (None: always recorded, from the routed tokens the forward computes anyway); the running value
+    starts at `start`, and experts never routed report `unrouted` when it is set.
+    """
+
+    name: str
+    shape: tuple[str, ...]
+    meaning: str
+    extra: str | None = None
+    start: float = 0.0
+    unrouted: float | None = None
 
 
-@dataclass
+# The one list of statistics (DESIGN.md, "Statistics"). A new one is a line here plus its accumulation
+# code in harness.calibration.observer; a method asks for an optional group through `Method.needs`.
+STATISTICS: tuple[Statistic, ...] = (
+    Statistic("count", ("E",), "routed real tokens that selected expert j"),
+    Statistic("gate_sum", ("E",), "sum of the combine weights g_j(x) over routed x"),
+    Statistic("ean_sum", ("E",), "sum of ||f_j(x)|| over routed x"),
+    Statistic("reap_sum", ("E",), "sum of g_j(x) * ||f_j(x)|| over routed x"),
+    Statistic("max_act", ("E",), "the largest entry of f_j(x) over routed x, signed (the paper code's)",
+              start=float("-inf"), unrouted=0.0),
+    Statistic("max_abs_act", ("E",), "the largest |entry| of f_j(x) over routed x"),
+    Statistic("tokens", (), "real (non-padding) tokens the layer saw"),
+    Statistic("mean_out_sum", ("E", "H"), "sum over all real x of f_j(x) (every expert on every token)",
+              extra="mean_out"),
+    Statistic("router_gram", ("E", "E"), "sum over real x of logits^T logits", extra="router_similarity"),
+    Statistic("router_logit_sum", ("E",), "sum over real x of the router logits", extra="router_similarity"),
+)
+# The optional groups: what methods may need beyond the routed statistics.
+EXTRAS: tuple[str, ...] = tuple(sorted({s.extra for s in STATISTICS if s.extra}))
+ROUTED_STATS = tuple(s.name for s in STATISTICS if s.extra is None and s.shape)
+
+
+def recorded(extras: frozenset[str] | set[str] | tuple = ()) -> list[Statistic]:
+    """The statistics a calibration with these optional groups records."""
+    unknown = set(extras) - set(EXTRAS)
+    if unknown:
+        raise ValueError(f"unknown optional statistics {sorted(unknown)}; known: {', '.join(EXTRAS)}")
+    return [s for s in STATISTICS if s.extra is None or s.extra in extras]
+
+
+def shape_of(stat: Statistic, num_experts: int, hidden_size: int) -> tuple[int, ...]:
+    return tuple({"E": num_experts, "H": hidden_size}[d] for d in stat.shape)
+
+
 class LayerStatistics:
-    """Statistics of one MoE layer with E experts (see DESIGN.md, "Statistics")."""
+    """Statistics of one MoE layer with E experts: one float64 tensor attribute per declared statistic
+    (`tokens` an int); the optional ones not recorded are None."""
 
-    num_experts: int
-    hidden_size: int
-    count: torch.Tensor = field(init=False)  # [E] tokens that selected expert j
-    gate_sum: torch.Tensor = field(init=False)  # [E] sum of combine weights g_j(x)
-    ean_sum: torch.Tensor = field(init=False)  # [E] sum of ||f_j(x)||
-    reap_sum: torch.Tensor = field(init=False)  # [E] sum of g_j(x) * ||f_j(x)||
-    # [E] the largest entry of f_j(x) over routed x, signed, as the paper's code records it (0 if never routed)
-    max_act: torch.Tensor = field(init=False)
-    max_abs_act: torch.Tensor = field(init=False)  # [E] the largest |entry| of f_j(x) over routed x
-    tokens: int = 0  # real (non-padding) tokens seen by the layer
-    mean_out_sum: torch.Tensor | None = None  # [E, H] sum over all x of f_j(x)
-    router_gram: torch.Tensor | None = None  # [E, E] sum over x of logits^T logits
-    router_logit_sum: torch.Tensor | None = None  # [E]
-
-    def __post_init__(self) -> None:
-        zeros = lambda: torch.zeros(self.num_experts, dtype=torch.float64)  # noqa: E731
-        self.count, self.gate_sum, self.ean_sum, self.reap_sum = zeros(), zeros(), zeros(), zeros()
-        self.max_act, self.max_abs_act = zeros(), zeros()
-
-    def enable(self, mean_out: bool, router_similarity: bool) -> None:
-        if mean_out:
-            self.mean_out_sum = torch.zeros(self.num_experts, self.hidden_size, dtype=torch.float64)
-        if router_similarity:
-            self.router_gram = torch.zeros(self.num_experts, self.num_experts, dtype=torch.float64)
-            self.router_logit_sum = torch.zeros(self.num_experts, dtype=torch.float64)
+    def __init__(self, num_experts: int, hidden_size: int, extras: frozenset[str] | set[str] | tuple = ()):
+        self.num_experts, self.hidden_size = num_experts, hidden_size
+        self.tokens = 0
+        wanted = {s.name for s in recorded(extras)}
+        for stat in STATISTICS:
+            if stat.shape:
+                value = torch.zeros(shape_of(stat, num_experts, hidden_size), dtype=torch.float64)
+                setattr(self, stat.name, value if stat.name in wanted else None)
 
     # -- derived --------------------------------------------------------------------------
     @property
@@ -88,23 +118,25 @@ class LayerStatistics:
         return (distance @ distance.T) / norms[:, None] / norms[None, :]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {name: getattr(self, name) for name in ROUTED_STATS}
-        out["tokens"] = torch.tensor([self.tokens], dtype=torch.float64)
-        for name in ("mean_out_sum", "router_gram", "router_logit_sum"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
+        out = {}
+        for stat in STATISTICS:
+            tokens = stat.name == "tokens"
+            value = torch.tensor([self.tokens], dtype=torch.float64) if tokens else getattr(self, stat.name)
+            if value is not None:
+                out[stat.name] = value
         return out
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> LayerStatistics:
         mean_out = tensors.get("mean_out_sum")
-        stats = cls(num_experts=tensors["count"].numel(),
-                    hidden_size=0 if mean_out is None else mean_out.shape[1])
-        for name in ROUTED_STATS:
-            setattr(stats, name, tensors[name])
-        stats.tokens = int(tensors["tokens"].item())
-        for name in ("mean_out_sum", "router_gram", "router_logit_sum"):
-            setattr(stats, name, tensors.get(name))
+        stats = cls(num_experts=tensors["count"].numel(), hidden_size=0 if mean_out is None else mean_out.shape[1])
+        for stat in STATISTICS:
+            if stat.name == "tokens":
+                stats.tokens = int(tensors["tokens"].item())
+            elif stat.extra is None:
+                setattr(stats, stat.name, tensors[stat.name])
+            else:
+                setattr(stats, stat.name, tensors.get(stat.name))
         return stats
 
 

@@ -18,9 +18,6 @@ from harness.calibration.statistics import CalibrationStatistics, LayerStatistic
 from harness.methods.constraints import ExpertConstraints
 from harness.plan import LayerPlan, Plan
 
-# Optional calibration statistics a method may need, and the calibration option producing each.
-EXTRAS = {"mean_out": "mean_out", "router_similarity": "router_similarity"}
-
 
 class PlanningError(ValueError):
     """The statistics cannot give a plan (missing statistics, wrong expert count, too many protected experts)."""
@@ -31,7 +28,11 @@ class Method(ABC):
 
     name: ClassVar[str]
     kind: ClassVar[Literal["prune", "merge"]]
-    needs: ClassVar[frozenset[str]] = frozenset()  # subset of EXTRAS
+    # The optional calibration statistics it reads (harness.calibration.statistics.EXTRAS).
+    needs: ClassVar[frozenset[str]] = frozenset()
+    # How the figures draw it (harness.plots): legend label and colour; None = the name, a colour handed out.
+    plot_label: ClassVar[str | None] = None
+    plot_colour: ClassVar[str | None] = None
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -75,7 +76,7 @@ class Method(ABC):
             for need in sorted(self.needs):
                 if getattr(layer, need) is None:
                     raise PlanningError(f"method {self.name!r} needs the {need} statistic, which layer {index} "
-                                        f"lacks: calibrate with {EXTRAS[need]}=True")
+                                        f"lacks: calibrate with extras including {need!r}")
 
 
 def frequency_order(layer: LayerStatistics, experts: list[int]) -> list[int]:

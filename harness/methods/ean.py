@@ -17,6 +17,8 @@ from harness.methods.pruning import PruningMethod
 
 class EAN(PruningMethod):
     name = "ean"
+    plot_label = "EAN"
+    plot_colour = "#EE6677"  # the paper's colour (Paul Tol's "bright" scheme)
 
     class Config(PruningMethod.Config):
         variant: Literal["sum", "mean"] = "sum"

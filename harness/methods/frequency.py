@@ -10,6 +10,8 @@ from harness.methods.pruning import PruningMethod
 
 class Frequency(PruningMethod):
     name = "frequency"
+    plot_label = "Frequency"
+    plot_colour = "#228833"  # the paper's colour (Paul Tol's "bright" scheme)
 
     class Config(PruningMethod.Config):
         pass

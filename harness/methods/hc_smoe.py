@@ -1,7 +1,7 @@
 """HC-SMoE: hierarchical clustering of experts by their mean output, then merging.
 
 Each expert is represented by its output averaged over *all* calibration tokens
-(`mean_out`, which needs calibration with mean_out=True). Experts are clustered by
+(`mean_out`: calibration with the `mean_out` optional statistics). Experts are clustered by
 average linkage on Euclidean distance, cut at the target count, and each cluster is
 merged by frequency-weighted averaging (see `merging`). Distances are computed exactly
 (no Gram-matrix shortcut): about 3 s per layer for 384 experts of width 7168 on one CPU.
@@ -52,6 +52,8 @@ def average_linkage(points: torch.Tensor, n_clusters: int) -> list[list[int]]:
 
 class HCSMoE(MergingMethod):
     name = "hc_smoe"
+    plot_label = "HC-SMoE"
+    plot_colour = "#CCBB44"  # the paper's colour (Paul Tol's "bright" scheme)
     needs = frozenset({"mean_out"})
 
     class Config(MergingMethod.Config):

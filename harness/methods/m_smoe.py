@@ -29,7 +29,7 @@ similar to, ties going to the lower dominant index:
 * `similarity: first_order` (MC-SMoE's own code, `mcsmoe/merging/grouping*.py`,
   `router-logits` similarity): the cosine similarity of the router-logit columns.
 
-Both need calibration with router_similarity=True. Groups are marked `align=True`: the
+Both need calibration with the `router_similarity` optional statistics. Groups are marked `align=True`: the
 checkpoint writer permutes each member's intermediate neurons onto the dominant expert
 (`members[0]`) by weight matching before the frequency-weighted average. Merged
 checkpoints keep every router slot, so layers with different group counts are served
@@ -84,6 +84,8 @@ def global_dominant_counts(stats: CalibrationStatistics, kept: int, constraints:
 
 class MSMoE(MergingMethod):
     name = "m_smoe"
+    plot_label = "M-SMoE"
+    plot_colour = "#66CCEE"  # the paper's colour (Paul Tol's "bright" scheme)
     needs = frozenset({"router_similarity"})
     align = True
 

@@ -15,6 +15,8 @@ from harness.methods.pruning import PruningMethod
 
 class REAP(PruningMethod):
     name = "reap"
+    plot_label = "REAP (ours)"
+    plot_colour = "#4477AA"  # the paper's colour (Paul Tol's "bright" scheme)
 
     class Config(PruningMethod.Config):
         pass

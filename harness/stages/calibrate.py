@@ -15,8 +15,7 @@ def run(ctx: StageContext, job: Job, failures: list[str]) -> bool:
         return False
     with ctx.logged("calibration", key, mj.model.name, failures):
         computed, _ = stored_calibration(
-            store, mj.source, cfg.calibration, mean_out="mean_out" in mj.needs,
-            router_similarity="router_similarity" in mj.needs, dtype=mj.model.calibration_dtype,
+            store, mj.source, cfg.calibration, extras=mj.needs, dtype=mj.model.calibration_dtype,
             sequential=cfg.sequential_calibration, batch_size=cfg.calibration_batch_size,
             progress=ctx.progress, force="calibration" in ctx.force)
         if computed != key:  # one key function for the grid and the stage: a mismatch is a bug

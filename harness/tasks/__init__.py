@@ -1,47 +1,19 @@
 """Benchmark registry: task name -> "module:Class", imported on first use.
 
-One module per benchmark family (coding, math, mc, creative, ...). A module registers
-its tasks here by name; an installed package can add tasks through the
-`harness.tasks` entry-point group (name = task name, value = "module:Class"), so
-listing and validating tasks never imports lm-eval, evalplus or torch.
+One module per benchmark family (coding, math, mc, creative, ...): a class in this package
+with `name = "..."` is a task (found without importing it, harness.registry); an installed
+package adds tasks through the `harness.tasks` entry-point group (name = task name, value =
+"module:Class"), so listing and validating tasks never imports lm-eval, evalplus or torch.
 """
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
+
+from harness.registry import Registry
 
 if TYPE_CHECKING:
     from harness.tasks.base import Task
-
-REGISTRY: dict[str, str] = {
-    # coding
-    "humaneval_plus": "harness.tasks.coding:HumanEvalPlus",
-    "mbpp_plus": "harness.tasks.coding:MbppPlus",
-    "livecodebench": "harness.tasks.livecodebench:LiveCodeBench",
-    # math
-    "gsm8k": "harness.tasks.math:GSM8K",
-    "math500": "harness.tasks.math:Math500",
-    # multiple choice (lm-eval)
-    "arc_challenge": "harness.tasks.mc:ArcChallenge",
-    "arc_easy": "harness.tasks.mc:ArcEasy",
-    "boolq": "harness.tasks.mc:BoolQ",
-    "hellaswag": "harness.tasks.mc:HellaSwag",
-    "mmlu": "harness.tasks.mc:MMLU",
-    "openbookqa": "harness.tasks.mc:OpenBookQA",
-    "rte": "harness.tasks.mc:RTE",
-    "winogrande": "harness.tasks.mc:WinoGrande",
-    # creative writing (judged)
-    "wildbench_creative": "harness.tasks.creative:WildBenchCreative",
-    # the trained tiny model's toy suite
-    "toy_math": "harness.tasks.toy:ToyMath",
-    "toy_coding": "harness.tasks.toy:ToyCoding",
-    "toy_mc": "harness.tasks.toy:ToyMC",
-    "toy_creative": "harness.tasks.toy:ToyCreative",
-}
-
-ENTRY_POINT_GROUP = "harness.tasks"
 
 
 class UnknownTaskError(KeyError):
@@ -49,23 +21,15 @@ class UnknownTaskError(KeyError):
         return str(self.args[0])
 
 
-def _all() -> dict[str, str]:
-    found = dict(REGISTRY)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, ep.value)
-    return found
+TASKS = Registry("task", "harness.tasks", "name", "harness.tasks.base:Task", "harness.tasks", UnknownTaskError)
 
 
 def task_names() -> list[str]:
-    return sorted(_all())
+    return TASKS.names()
 
 
 def get_task_class(name: str) -> type[Task]:
-    registry = _all()
-    if name not in registry:
-        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(sorted(registry))}")
-    module_name, class_name = registry[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return TASKS.resolve(name)
 
 
 # Other names a category goes by on the command line.

@@ -10,8 +10,9 @@ Tasks that did not run (e.g. rte offline) are listed in `missing`, never dropped
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from statistics import fmean
+from typing import Any
 
 from harness.tasks.base import TaskResult
 
@@ -34,21 +35,26 @@ class CategoryScore:
     missing: list[str] = field(default_factory=list)
 
 
+def combine(category: str, scores: Mapping[str, Any]) -> tuple[Any, str]:
+    """(category value, its definition) from task scores — floats, or arrays of bootstrap means (the same
+    rule applies elementwise; harness.compare uses it so its category intervals score as the table does)."""
+    if category == "coding":
+        evalplus = [scores[t] for t in EVALPLUS_TASKS if t in scores]
+        others = [v for t, v in scores.items() if t not in EVALPLUS_TASKS]
+        parts = ([sum(evalplus) / len(evalplus)] if evalplus else []) + others
+        definition = ("mean(EvalPlus avg, LiveCodeBench)" if evalplus and "livecodebench" in scores
+                      else "EvalPlus avg = mean(HumanEval+ base, plus, MBPP+ base, plus)" if evalplus
+                      else "mean of task scores")
+        return sum(parts) / len(parts), definition
+    values = list(scores.values())
+    return sum(values) / len(values), "mean of task scores"
+
+
 def category_score(category: str, results: list[TaskResult]) -> CategoryScore | None:
     """The category's score from the results of its tasks (None when none ran)."""
     ran = {r.task: r for r in results if r.category == category and r.status == "ok" and r.score is not None}
     not_run = sorted(r.task for r in results if r.category == category and r.status != "ok")
     if not ran:
         return None
-    if category == "coding":
-        evalplus = [ran[t].score for t in EVALPLUS_TASKS if t in ran]
-        others = {t: r.score for t, r in ran.items() if t not in EVALPLUS_TASKS}
-        parts = ([fmean(evalplus)] if evalplus else []) + list(others.values())
-        definition = ("mean(EvalPlus avg, LiveCodeBench)" if evalplus and "livecodebench" in others
-                      else "EvalPlus avg = mean(HumanEval+ base, plus, MBPP+ base, plus)" if evalplus
-                      else "mean of task scores")
-        value = fmean(parts)
-    else:
-        value = fmean(r.score for r in ran.values())
-        definition = "mean of task scores"
-    return CategoryScore(category, value, definition, sorted(ran), not_run)
+    value, definition = combine(category, {t: r.score for t, r in ran.items()})
+    return CategoryScore(category, float(value), definition, sorted(ran), not_run)

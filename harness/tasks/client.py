@@ -69,17 +69,3 @@ def chat_many(endpoint: Endpoint, conversations: Sequence[list[dict[str, str]]],
                           int(reply.get("usage", {}).get("completion_tokens", 0)))
 
     return _map(one, conversations, settings.concurrency, desc)
-
-
-def complete_many(endpoint: Endpoint, prompts: Sequence[str], settings: GenerationSettings,
-                  *, desc: str | None = None) -> list[Completion]:
-    """One /completions request per raw prompt (no chat template)."""
-
-    def one(prompt: str) -> Completion:
-        reply = _post(endpoint, "completions", {"model": endpoint.model, "prompt": prompt,
-                                                **settings.request_fields()})
-        choice = reply["choices"][0]
-        return Completion(choice.get("text") or "", choice.get("finish_reason"),
-                          int(reply.get("usage", {}).get("completion_tokens", 0)))
-
-    return _map(one, prompts, settings.concurrency, desc)

@@ -254,23 +254,22 @@ class MCTask(Task):
         if problems:
             raise TaskError("; ".join(problems))
         with _work_dir(ctx.work_dir) as work:
-            # A fresh folder per run: lm-eval indexes every YAML under it, and two variants evaluated at the
-            # same time (Ray) share the work dir's caches but must not share (or delete) each other's YAMLs.
-            (work / "lm_eval_tasks").mkdir(parents=True, exist_ok=True)
-            task_dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=work / "lm_eval_tasks"))
-            try:
+            task_dir = work / "lm_eval_tasks" / self.name
+            # Variants evaluated at the same time (the Ray executor) share the work dir: one at a time per task
+            # here, as lm-eval indexes every YAML under the task's folder, which each run rewrites.
+            with _exclusive(work / "lm_eval_tasks" / f"{self.name}.lock"):
+                shutil.rmtree(task_dir, ignore_errors=True)  # a previous run's YAMLs must not be indexed
                 plan = self.plan(ctx, work / "hf_datasets_cache")
                 yaml_hashes = write_yamls(task_dir, plan.configs)
                 check_scoring_endpoint(ctx, self.name)
                 max_length = self.options.max_length or server_max_model_len(ctx) or DEFAULT_MAX_LENGTH
-                raw, loaded = _evaluate(ctx, self.options, task_dir, plan, max_length)
-            except TaskError:
-                raise
-            except Exception as exc:  # lm-eval or the server failed: say which task, keep the cause
-                raise TaskError(f"{self.name}: lm-eval failed against {ctx.endpoint.base_url}: "
-                                f"{type(exc).__name__}: {exc}") from exc
-            finally:
-                shutil.rmtree(task_dir, ignore_errors=True)
+                try:
+                    raw, loaded = _evaluate(ctx, self.options, task_dir, plan, max_length)
+                except TaskError:
+                    raise
+                except Exception as exc:  # lm-eval or the server failed: say which task, keep the cause
+                    raise TaskError(f"{self.name}: lm-eval failed against {ctx.endpoint.base_url}: "
+                                    f"{type(exc).__name__}: {exc}") from exc
         records = sample_records(raw, loaded["tasks"], self.spec.metric, self.name)
         metrics = task_metrics(raw, plan.target)
         filled = fill_stderr(metrics, records)
@@ -341,6 +340,17 @@ class MMLUTask(MCTask):
 
 
 # -- lm-eval plumbing -------------------------------------------------------------------
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (released when the process dies)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 @contextmanager
 def _work_dir(work_dir: Path | None) -> Iterator[Path]:
     """The run's scratch dir; a temporary one (removed afterwards) when none is given."""
