@@ -172,10 +172,9 @@ def stand_in_expert_count(constraints, family: str, ratios: list[float]) -> int:
     return real
 
 
-def _layer_counts(keys: dict[str, Any]) -> tuple[int, int]:
+def _layer_counts(arch, keys: dict[str, Any]) -> tuple[int, int]:
     """(decoder layers, MTP layers): the dense layers the real model starts with, then two MoE layers."""
-    dense_first = int(keys.get("first_k_dense_replace") or keys.get("moe_layer_start_index") or 0)
-    return max(3, dense_first + 2), int(keys.get("num_nextn_predict_layers") or 0)
+    return max(3, arch.leading_dense_layers(keys) + 2), arch.mtp_layers(keys)
 
 
 def build_stand_in(entry: dict[str, Any], ratios: list[float], folder: Path, base: Path,
@@ -188,10 +187,11 @@ def build_stand_in(entry: dict[str, Any], ratios: list[float], folder: Path, bas
     arch = arch_class(family)
     constraints = _constraints(family, keys)
     count = stand_in_expert_count(constraints, family, ratios)
-    layers, mtp = _layer_counts(keys)
+    layers, mtp = _layer_counts(arch, keys)
     overrides = {**keys, arch.expert_count_key: count, "num_hidden_layers": layers,
                  "max_position_embeddings": max(2048, max_model_len or 0)}
-    overrides.pop("num_nextn_predict_layers", None)
+    if arch.mtp_layers_key:
+        overrides.pop(arch.mtp_layers_key, None)  # add_mtp_layers writes them and sets the key
     if "n_group" in keys:  # the zoo's group settings are its own; the real model's replace them
         overrides["topk_group"] = keys.get("topk_group") or keys["n_group"]
     slug = _slug(entry["path"])

@@ -82,6 +82,18 @@ class MoEArch:
     # Config keys that shape routing and the layer stack (besides the expert count and top-k): what a
     # rehearsal stand-in copies from the real model's config.json.
     structure_keys: ClassVar[tuple[str, ...]] = ()
+    # The config keys of the layer stack: how many dense layers come before the first MoE layer, and how many
+    # multi-token-prediction layers are stored after the decoder layers (None: the family has none).
+    leading_dense_key: ClassVar[str | None] = None
+    mtp_layers_key: ClassVar[str | None] = None
+
+    @classmethod
+    def leading_dense_layers(cls, config: dict[str, Any]) -> int:
+        return int(config.get(cls.leading_dense_key) or 0) if cls.leading_dense_key else 0
+
+    @classmethod
+    def mtp_layers(cls, config: dict[str, Any]) -> int:
+        return int(config.get(cls.mtp_layers_key) or 0) if cls.mtp_layers_key else 0
 
     def __init__(self, config: dict[str, Any]):
         self.config = config

@@ -9,6 +9,7 @@ class Ernie45MoeArch(MoEArch):
     top_k_key = "moe_k"
     shared_attr = "shared_experts"
     correction_bias_key = "mlp.moe_statics.e_score_correction_bias"
+    leading_dense_key = "moe_layer_start_index"
     structure_keys = ("moe_num_shared_experts", "moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval",
                       "moe_norm_min")
 

@@ -10,5 +10,7 @@ class Glm4MoeArch(MoEArch):
     shared_attr = "shared_experts"
     correction_bias_key = "mlp.gate.e_score_correction_bias"
     grouped_router = True
+    leading_dense_key = "first_k_dense_replace"
+    mtp_layers_key = "num_nextn_predict_layers"
     structure_keys = ("n_group", "topk_group", "n_shared_experts", "first_k_dense_replace", "routed_scaling_factor",
                       "norm_topk_prob", "num_nextn_predict_layers", "topk_method", "scoring_func", "moe_layer_freq")

@@ -122,8 +122,8 @@ def _new_config(config: dict, arch: MoEArch, new_count: int, dropped: list[str])
         raise CheckpointError(f"config.json has no {arch.expert_count_key!r} to update")
     for key in keys:
         target[key] = new_count
-    if dropped and target.get("num_nextn_predict_layers"):
-        target["num_nextn_predict_layers"] = 0  # its layers are not in the plan and were dropped
+    if dropped and arch.mtp_layers_key and target.get(arch.mtp_layers_key):
+        target[arch.mtp_layers_key] = 0  # its layers are not in the plan and were dropped
     return new
 
 

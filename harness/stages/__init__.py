@@ -77,6 +77,16 @@ class StageContext:
     def store(self) -> Store:
         return Store(self.cfg.work_path)
 
+    def to_compute(self, stage: str, key: str) -> bool:
+        """Whether (stage, key) must be computed: not done yet, or forced (then its old output goes first)."""
+        store = self.store
+        if not store.is_done(stage, key):
+            return True
+        if stage not in self.force:
+            return False
+        store.reset(stage, key)
+        return True
+
     def model(self, job: Job) -> ModelJobs:
         return self.grid.model(job.model)
 

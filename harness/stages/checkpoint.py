@@ -12,10 +12,8 @@ def run(ctx: StageContext, job: Job, failures: list[str]) -> bool:
 
     mj, v, store, cfg = ctx.model(job), ctx.variant(job), ctx.store, ctx.cfg
     key = v.checkpoint_key
-    if store.is_done("checkpoint", key):
-        if "checkpoint" not in ctx.force:
-            return False
-        store.reset("checkpoint", key)
+    if not ctx.to_compute("checkpoint", key):
+        return False
     with ctx.logged("checkpoint", key, v.label, failures):
         info = write_checkpoint(Plan.load(store.dir("plan", v.plan_key) / "plan.json"), mj.source.directory(),
                                 store.dir("checkpoint", key) / "model", materialisation=cfg.materialisation,

@@ -115,10 +115,8 @@ def _run_task(ctx: StageContext, store: Store, v: Variant, spec, server, server_
     with store.claim("eval", key) as claimed:
         if not claimed:  # another driver evaluates this very task right now
             return
-        if store.is_done("eval", key):
-            if "eval" not in ctx.force:
-                return
-            store.reset("eval", key)
+        if not ctx.to_compute("eval", key):
+            return
         with contextlib.suppress(StageFailed), ctx.logged("eval", key, label, failures):
             if not server.alive():
                 raise RuntimeError(f"the vLLM server died (log: {server_log})")

@@ -14,10 +14,8 @@ def run(ctx: StageContext, job: Job, failures: list[str]) -> bool:
 
     mj, v, store = ctx.model(job), ctx.variant(job), ctx.store
     key = v.plan_key
-    if store.is_done("plan", key):
-        if "plan" not in ctx.force:
-            return False
-        store.reset("plan", key)
+    if not ctx.to_compute("plan", key):
+        return False
     with ctx.logged("plan", key, v.label, failures):
         stats = CalibrationStatistics.load(store.dir("calibration", mj.calibration_key))
         constraints = ExpertConstraints.from_arch(get_arch(mj.source.metadata_dir))
