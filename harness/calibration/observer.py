@@ -194,12 +194,17 @@ class Observer:
         """Routed statistics from expert j's outputs f on its (token, slot) pairs; padding counts as nothing."""
         if not outputs:
             return
+        padded = not bool(real.all())  # packed rows have no padding: then no masking at all
         for j, (token, _, f) in outputs.items():
-            keep = real[token, None]
-            sums.max_act[j] = torch.maximum(sums.max_act[j], torch.where(keep, f, -torch.inf).amax().double())
-            sums.max_abs_act[j] = torch.maximum(sums.max_abs_act[j], (f.abs() * keep).amax().double())
+            kept = f[real[token]] if padded else f
+            if kept.numel():
+                low, high = torch.aminmax(kept)  # one pass for both maxima
+                sums.max_act[j] = torch.maximum(sums.max_act[j], high.double())
+                sums.max_abs_act[j] = torch.maximum(sums.max_abs_act[j], torch.maximum(high, -low).double())
         token = torch.cat([t for t, _, _ in outputs.values()])
         slot = torch.cat([s for _, s, _ in outputs.values()])
         experts = torch.cat([torch.full_like(t, j) for j, (t, _, _) in outputs.items()])
-        norms = torch.cat([torch.linalg.vector_norm(f, dim=-1, dtype=torch.float64) for _, _, f in outputs.values()])
+        # Norms in at least float32 (bf16 outputs are widened), summed in float64.
+        norms = torch.cat([torch.linalg.vector_norm(f, dim=-1, dtype=torch.promote_types(f.dtype, torch.float32))
+                           for _, _, f in outputs.values()]).double()
         sums.add_routed(experts, weights[token, slot].detach().double(), norms, real[token].double())
