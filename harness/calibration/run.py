@@ -120,7 +120,7 @@ def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attenti
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     inner = model.model
-    weights = _LayerWeights(model_dir, arch, dtype)
+    weights = _LayerWeights(model_dir, dtype)
     embedding, embed_key = model.get_submodule(arch.embedding_path), f"{arch.embedding_path}.weight"
     embedding.to_empty(device=device)
     embedding.weight.data.copy_(weights.load(embed_key)[embed_key])
@@ -190,7 +190,7 @@ def _moved(value: Any, device: torch.device, memo: dict[int, Any]) -> Any:
 class _LayerWeights:
     """A checkpoint's tensors by key prefix, dequantised into `dtype` when the checkpoint is quantised."""
 
-    def __init__(self, model_dir: str | Path, arch: MoEArch, dtype: torch.dtype):
+    def __init__(self, model_dir: str | Path, dtype: torch.dtype):
         from harness.quantisation import detect_format
 
         self.reader = ShardReader(model_dir)
@@ -283,7 +283,7 @@ def _load_dequantised(model_dir: str | Path, dtype: torch.dtype, devices: list[t
     _drop_quantisation(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    weights = _LayerWeights(model_dir, arch, dtype)
+    weights = _LayerWeights(model_dir, dtype)
     layers = arch.decoder_layers(model)
     per_device = -(-len(layers) // len(devices))
     first, last = devices[0], devices[-1]
@@ -301,8 +301,8 @@ def _load_dequantised(model_dir: str | Path, dtype: torch.dtype, devices: list[t
     for name, module in inner.named_children():
         if name != "layers":
             module.to_empty(device=last if name == "norm" else first)
-    missing, unexpected = model.load_state_dict(rest, strict=False)
-    missing = [k for k in missing if not k.startswith(layers_prefix)]
+    # Not strict: the layers are loaded already, and stored MTP layers are not part of the forward.
+    missing = [k for k in model.load_state_dict(rest, strict=False).missing_keys if not k.startswith(layers_prefix)]
     if config.tie_word_embeddings:
         model.tie_weights()
         missing = [k for k in missing if k != "lm_head.weight"]
@@ -316,7 +316,6 @@ def _load_dequantised(model_dir: str | Path, dtype: torch.dtype, devices: list[t
         device_map = {arch.embedding_path: first, "model.rotary_emb": first, "model.norm": last, "lm_head": last}
         device_map.update({f"{arch.layers_path}.{i}": devices[i // per_device] for i in range(len(layers))})
         model = dispatch_model(model, device_map=device_map)
-    del unexpected  # MTP layers beyond num_hidden_layers, not part of the forward
     return model.eval()
 
 
