@@ -92,6 +92,14 @@ def test_calibration_once_for_all_methods_and_ratios(tmp_path, tiny_model):
     assert dry.returncode == 0 and "checkpoint cached" in dry.stdout and "to do" not in dry.stdout.split("tasks:")[0] \
         .replace("eval 0/1 cached", "")
 
+    # --force calibration recomputes it under the same key, and what depends on it (here up to the plans).
+    key = _events(work, "calibration")[0]["key"]
+    forced = _run(sweep, "--until", "plan", "--force", "calibration")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert [e["key"] for e in _events(work, "calibration")] == [key, key]
+    assert len(_events(work, "plan")) == 12 and len(_events(work, "checkpoint")) == 6
+    assert Store(work).is_done("calibration", key)
+
 
 def _vllm_orphans() -> list[psutil.Process]:
     found = []

@@ -11,13 +11,13 @@ def run(ctx: StageContext, job: Job, failures: list[str]) -> bool:
 
     mj, store, cfg = ctx.model(job), ctx.store, ctx.cfg
     key = mj.calibration_key
-    if store.is_done("calibration", key) and "calibration" not in ctx.force:
+    if not ctx.to_compute("calibration", key):
         return False
     with ctx.logged("calibration", key, mj.model.name, failures):
         computed, _ = stored_calibration(
             store, mj.source, cfg.calibration, extras=mj.needs, dtype=mj.model.calibration_dtype,
             sequential=cfg.sequential_calibration, batch_size=cfg.calibration_batch_size,
-            progress=ctx.progress, force="calibration" in ctx.force)
+            progress=ctx.progress)
         if computed != key:  # one key function for the grid and the stage: a mismatch is a bug
             raise RuntimeError(f"calibration stored under {computed}, but the grid expects {key}")
         store.event("computed", stage="calibration", key=key, model=mj.model.name)
