@@ -526,7 +526,8 @@ class _EvalPlusTask(Task):
                 target=None, score=(score.base_pass + score.plus_pass) / 2,
                 base_status=score.base.status, plus_status=score.plus.status,
                 base_sandbox_failure=score.base.sandbox_failure, plus_sandbox_failure=score.plus.sandbox_failure,
-                finish_reason=completion.finish_reason, completion_tokens=completion.completion_tokens))
+                finish_reason=completion.finish_reason, completion_tokens=completion.completion_tokens,
+                entry_point=problems.items[task_id]["entry_point"]))
         provenance = self.base_provenance(ctx, [problems.path])
         from importlib.metadata import version
 

@@ -119,11 +119,19 @@ class _ToyTask(Task):
         return found
 
     def _generate(self, ctx: TaskContext, items: list[dict[str, Any]]) -> list[str]:
+        """The replies' texts; their finish reasons and token counts are kept in `self._completions`
+        (recorded per sample, so a reply cut at max_tokens can be told apart: harness.failures)."""
         from harness.tasks.client import chat_many
 
         conversations = [[{"role": "user", "content": item["question"]}] for item in items]
         desc = self.name if ctx.progress else None
-        return [c.text for c in chat_many(ctx.endpoint, conversations, ctx.generation, desc=desc)]
+        self._completions = chat_many(ctx.endpoint, conversations, ctx.generation, desc=desc)
+        return [c.text for c in self._completions]
+
+    def _finish(self, index: int) -> dict[str, Any]:
+        """finish_reason and completion_tokens of the index-th reply of the last `_generate`."""
+        c = self._completions[index]
+        return {"finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens}
 
     def _result(self, ctx: TaskContext, samples: list[SampleRecord], **extra: Any) -> TaskResult:
         if not samples:
@@ -142,10 +150,10 @@ class ToyMath(_ToyTask):
         items = self.load(ctx)
         outputs = self._generate(ctx, items)
         samples = []
-        for item, output in zip(items, outputs, strict=True):
+        for i, (item, output) in enumerate(zip(items, outputs, strict=True)):
             extracted, score = score_math(output, item["answer"])
             samples.append(SampleRecord(sample_id=item["id"], prompt=item["question"], output=output,
-                                        extracted=extracted, target=item["answer"], score=score))
+                                        extracted=extracted, target=item["answer"], score=score, **self._finish(i)))
         return self._result(ctx, samples)
 
 
@@ -159,8 +167,10 @@ class ToyCoding(_ToyTask):
         outputs = self._generate(ctx, items)
         samples = [
             SampleRecord(sample_id=item["id"], prompt=item["question"], output=output, extracted=code,
-                         target=item["tests"], score=score, failure=detail)
-            for item, output, (code, score, detail) in zip(items, outputs, score_coding(outputs, items), strict=True)
+                         target=item["tests"], score=score, failure=detail, entry_point=item.get("entry_point"),
+                         **self._finish(i))
+            for i, (item, output, (code, score, detail))
+            in enumerate(zip(items, outputs, score_coding(outputs, items), strict=True))
         ]
         result = self._result(ctx, samples, sandbox_timeout_s=CODE_TIMEOUT_S)
         result.metrics = {"pass@1": result.score}
@@ -194,13 +204,13 @@ class ToyCreative(_ToyTask):
             with RubricJudge() as judge:
                 judge_name, replies = "local rubric judge", chat_many(judge.endpoint(), prompts, settings)
         samples = []
-        for item, output, reply in zip(items, outputs, replies, strict=True):
+        for i, (item, output, reply) in enumerate(zip(items, outputs, replies, strict=True)):
             raw = parse_judge_score(reply.text)
             if raw is None:
                 raise TaskError(f"{self.name} {item['id']}: the judge's reply has no 1-10 score: {reply.text[:300]!r}")
             samples.append(SampleRecord(sample_id=item["id"], prompt=item["question"], output=output,
                                         extracted=raw, target=item["constraints"], score=rescale(raw),
-                                        judge_reply=reply.text))
+                                        judge_reply=reply.text, **self._finish(i)))
         result = self._result(ctx, samples, judge=judge_name)
         result.metrics = {"rescaled_score": result.score,
                           "mean_judge_score": fmean(float(s.extracted) for s in samples)}
