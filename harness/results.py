@@ -30,7 +30,11 @@ provenance             str     JSON object: how the number was made (figure, pix
 =====================  ======  =========================================================
 
 Per-sample records (for paired comparisons) have the columns of ``SAMPLE_COLUMNS``: one
-score in [0, 1] per (model, method, ratio, task, sample_id).
+score in [0, 1] per (model, method, ratio, task, sample_id). A sweep's ``samples.parquet`` also
+has the columns of ``SAMPLE_TEXT_COLUMNS`` (what was asked and answered, for the report) and the
+failure kinds of ``harness.failures``: ``failures`` (the kinds present, comma-separated) and one
+``failure_<kind>`` column per kind (True / False, None where not applicable or unknown).
+Failure rates are results rows with metric ``failure_rate:<kind>`` per generative task.
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ DEFAULTS: dict[str, object] = {
 }
 KEY_COLUMNS = ("model", "method", "ratio", "task", "metric", "source")
 SAMPLE_COLUMNS = ("model", "method", "ratio", "task", "category", "sample_id", "score")
+# Optional per-sample text: the prompt (JSON of the chat messages, or the text), the reply, the extracted answer and
+# the target (JSON unless plain text), the server's finish_reason.
+SAMPLE_TEXT_COLUMNS = ("prompt", "output", "extracted", "target", "finish_reason")
 
 
 class ResultsError(ValueError):
@@ -194,11 +201,15 @@ def validate_results(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def validate_samples(df: pd.DataFrame) -> pd.DataFrame:
-    """Check and coerce a per-sample records table (one score in [0, 1] per sample)."""
+    """Check and coerce a per-sample records table (one score in [0, 1] per sample).
+
+    The columns of SAMPLE_COLUMNS come first; the optional text and failure columns are kept after them."""
     missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
     if missing:
         _fail([f"missing columns: {missing}"], "samples")
-    out = df[list(SAMPLE_COLUMNS)].copy().reset_index(drop=True)
+    extra = [c for c in df.columns if c not in SAMPLE_COLUMNS and (c in SAMPLE_TEXT_COLUMNS or c == "failures"
+                                                                    or c.startswith("failure_"))]
+    out = df[list(SAMPLE_COLUMNS) + extra].copy().reset_index(drop=True)
     problems: list[str] = []
     for col in ("ratio", "score"):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
@@ -311,9 +322,11 @@ def tabulated(metric: str, value: float | None) -> bool:
 
 def result_rows(results: Sequence, base: dict, *, category_tasks: dict[str, list[str]] | None = None,
                 provenance=None) -> list[dict]:
-    """Tidy rows for one served model: every tabulated metric of every task that ran (its "score" too),
-    then one `accuracy` row per category, scored by harness.tasks.categories over `category_tasks`
-    (default: every task of the category that ran). `provenance(result)` gives a task row's provenance."""
+    """Tidy rows for one served model: every tabulated metric of every task that ran (its "score" too, and the
+    `failure_rate:<kind>` of its samples' failure kinds), then one `accuracy` row per category, scored by
+    harness.tasks.categories over `category_tasks` (default: every task of the category that ran).
+    `provenance(result)` gives a task row's provenance."""
+    from harness.failures import failure_rates
     from harness.tasks.categories import category_score
 
     rows = []
@@ -324,6 +337,8 @@ def result_rows(results: Sequence, base: dict, *, category_tasks: dict[str, list
         metrics = dict(r.metrics)
         if r.score is not None:
             metrics.setdefault("score", r.score)
+        # How the replies failed (harness.failures), from the samples the result carries.
+        metrics.update(failure_rates(r.task, [s for s in r.samples if not (s.model_extra or {}).get("excluded")]))
         for metric, value in sorted(metrics.items()):
             if tabulated(metric, value):
                 rows.append({**base, "task": r.task, "category": r.category, "metric": metric, "value": float(value),

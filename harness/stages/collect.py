@@ -21,6 +21,25 @@ log = logging.getLogger("harness.sweep")
 WALL_CLOCK = ("started", "finished", "duration_s", "timestamp", "wall_s")
 
 
+def _text(value: Any) -> str | None:
+    """A record field as text for the samples table: strings as they are, anything else as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, default=str)
+
+
+def sample_details(task: str, record) -> dict[str, Any]:
+    """The samples-table columns beyond the score: what was asked and answered, and its failure kinds."""
+    from harness.failures import KINDS, failure_label, sample_failures
+
+    found = sample_failures(task, record)
+    extra = record.model_extra or {}
+    return {"prompt": _text(record.prompt), "output": record.output, "extracted": _text(record.extracted),
+            "target": _text(record.target), "finish_reason": extra.get("finish_reason"),
+            "failures": failure_label(found),
+            **{f"failure_{kind}": (found or {}).get(kind) for kind in KINDS}}
+
+
 def collect_results(cfg: SweepConfig, store: Store, grid: Grid):
     """(results table, samples table), either None when nothing is stored yet."""
     import pandas as pd
@@ -41,14 +60,16 @@ def collect_results(cfg: SweepConfig, store: Store, grid: Grid):
                     continue
                 out = store.dir("eval", key)
                 result = TaskResult.model_validate_json((out / "result.json").read_text())
-                results.append(result)
-                for line in (out / "samples.jsonl").read_text().splitlines():
-                    record = SampleRecord.model_validate_json(line)
+                result.samples = [SampleRecord.model_validate_json(line)
+                                  for line in (out / "samples.jsonl").read_text().splitlines()]
+                results.append(result)  # result_rows reads the failure kinds from its samples
+                for record in result.samples:
                     if (record.model_extra or {}).get("excluded"):  # e.g. an unparseable judge reply
                         continue
                     samples.append({"model": mj.model.name, "method": v.method_name, "ratio": v.ratio,
                                     "task": result.task, "category": result.category,
-                                    "sample_id": record.sample_id, "score": record.score})
+                                    "sample_id": record.sample_id, "score": record.score,
+                                    **sample_details(result.task, record)})
             base = {
                 "model": mj.model.name, "family": mj.model.family or "", "method": v.method_name, "ratio": v.ratio,
                 "total_params_b": params.get("total_params", float("nan")) / 1e9,

@@ -132,6 +132,9 @@ class Task(ABC):
     version: ClassVar[str] = "1"
     # True for tasks scored by a judge model (the sweep then needs a `judge:`).
     needs_judge: ClassVar[bool] = False
+    # Failure kinds this task tells from its own extraction (harness.failures: "no_answer", "no_code", ...),
+    # reported beside the reply kinds every generative task gets (empty, truncated, degenerate).
+    answer_failure_kinds: ClassVar[tuple[str, ...]] = ()
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -155,6 +158,12 @@ class Task(ABC):
 
     @abstractmethod
     def run(self, ctx: TaskContext) -> TaskResult: ...
+
+    @classmethod
+    def answer_failures(cls, record: SampleRecord) -> list[str]:
+        """The kinds of `answer_failure_kinds` one stored sample shows (read from its record alone, so
+        cached evaluations get them too)."""
+        return []
 
     # -- shared helpers ------------------------------------------------------------------
     def base_provenance(self, ctx: TaskContext, files: list[Path] = ()) -> dict[str, Any]:

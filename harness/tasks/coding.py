@@ -479,7 +479,14 @@ def _cache_dir(work_dir: Path | None) -> Iterator[Path]:
 
 class _EvalPlusTask(Task):
     category: ClassVar[str] = "coding"
+    answer_failure_kinds: ClassVar[tuple[str, ...]] = ("no_code", "syntax_error", "no_entry_point")
     data: ClassVar[EvalPlusData]
+
+    @classmethod
+    def answer_failures(cls, record: SampleRecord) -> list[str]:
+        from harness.failures import code_failures
+
+        return code_failures(record.extracted, (record.model_extra or {}).get("entry_point"))
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -417,6 +417,13 @@ class LiveCodeBench(Task):
 
     name: ClassVar[str] = "livecodebench"
     category: ClassVar[str] = "coding"
+    answer_failure_kinds: ClassVar[tuple[str, ...]] = ("no_code", "syntax_error")
+
+    @classmethod
+    def answer_failures(cls, record: SampleRecord) -> list[str]:
+        from harness.failures import code_failures
+
+        return code_failures(record.extracted, None)
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -147,6 +147,7 @@ class _MathTask(Task):
     """Shared run loop; subclasses say where the data is and what the gold answer is."""
 
     category: ClassVar[str] = "math"
+    answer_failure_kinds: ClassVar[tuple[str, ...]] = ("no_answer",)
     local_file: ClassVar[str]  # relative to data_dir
     hf: ClassVar[tuple[str, str | None, str]]  # (path, config, split)
 
@@ -161,6 +162,10 @@ class _MathTask(Task):
 
     def sample_id(self, index: int, row: dict[str, Any]) -> str:
         return str(index)
+
+    @classmethod
+    def answer_failures(cls, record: SampleRecord) -> list[str]:
+        return ["no_answer"] if record.extracted is None else []
 
     def load(self, ctx: TaskContext) -> tuple[list[dict[str, Any]], list[Path], dict[str, Any]]:
         if ctx.data_dir is not None:

@@ -145,6 +145,11 @@ class ToyMath(_ToyTask):
     name = "toy_math"
     category = "math"
     domain = "math"
+    answer_failure_kinds = ("no_answer",)
+
+    @classmethod
+    def answer_failures(cls, record: SampleRecord) -> list[str]:
+        return ["no_answer"] if record.extracted is None else []
 
     def run(self, ctx: TaskContext) -> TaskResult:
         items = self.load(ctx)
@@ -161,6 +166,13 @@ class ToyCoding(_ToyTask):
     name = "toy_coding"
     category = "coding"
     domain = "coding"
+    answer_failure_kinds = ("no_code", "syntax_error", "no_entry_point")
+
+    @classmethod
+    def answer_failures(cls, record: SampleRecord) -> list[str]:
+        from harness.failures import code_failures
+
+        return code_failures(record.extracted, (record.model_extra or {}).get("entry_point"))
 
     def run(self, ctx: TaskContext) -> TaskResult:
         items = self.load(ctx)
