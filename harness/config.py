@@ -144,6 +144,8 @@ class SweepConfig(Strict):
     work_dir: str | None = None
     results_dir: str | None = None
     plots: bool = True
+    # results/<sweep>/report.html (harness.report) at the end of every run: figures, tables, samples
+    report: bool = True
     materialisation: str = "shared_slots"
     # Which tasks make up each category score (default: every task of that category that ran).
     category_tasks: dict[str, list[str]] | None = None

@@ -397,6 +397,84 @@ def table_figure(df: pd.DataFrame, tasks: Sequence[str] = TABLE_TASKS) -> Figure
 # ---------------------------------------------------------------- CLI
 
 
+FAILURE_PREFIX = "failure_rate:"
+
+
+def failure_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The failure-rate rows (harness.failures) of a results table, one per (model, variant, task, kind)."""
+    rows = df[df["metric"].str.startswith(FAILURE_PREFIX) & (df["source"] == "harness")].copy()
+    rows["kind"] = rows["metric"].str.removeprefix(FAILURE_PREFIX)
+    return rows
+
+
+def variant_label(method: str, ratio: float) -> str:
+    return method_label(method) if method == BASELINE else f"{method_label(method)} {100 * ratio:g}%"
+
+
+def figure_failures(df: pd.DataFrame, kinds: Sequence[str] | None = None) -> Figure:
+    """How each variant's replies fail: per model, a heat map with one row per (method, ratio), the baseline
+    first, and one column per (generative task, failure kind); cells are the fraction of the task's samples
+    in %. Grey cells: the kind does not apply to that task or is unknown (e.g. no finish reasons recorded).
+
+    Each model's image carries the gid "failures|<model>" and its data (rows x columns, in %) is the table's.
+    """
+    from harness.failures import ANY, kinds_in
+
+    data = failure_frame(df)
+    if data.empty:
+        raise ValueError("figure_failures: no failure_rate:<kind> rows (no generative task ran?)")
+    kinds = list(kinds) if kinds is not None else [k for k in kinds_in(data["metric"]) if k != ANY]
+    models = ordered_models(data)
+    grids = []
+    for model in models:
+        sub = data[(data["model"] == model) & data["kind"].isin(kinds)]
+        present = set(zip(sub["method"], sub["ratio"], strict=True))
+        order = [BASELINE] + ordered_methods(m for m, _ in present)
+        variants = sorted(present, key=lambda v: (order.index(v[0]), v[1]))
+        tasks = sorted(sub["task"].unique())
+        columns = [(t, k) for t in tasks for k in kinds if ((sub["task"] == t) & (sub["kind"] == k)).any()]
+        grid = np.full((len(variants), len(columns)), np.nan)
+        for i, (method, ratio) in enumerate(variants):
+            for j, (task, kind) in enumerate(columns):
+                hit = sub[(sub["method"] == method) & np.isclose(sub["ratio"], ratio) & (sub["task"] == task)
+                          & (sub["kind"] == kind)]
+                if len(hit):
+                    grid[i, j] = 100 * hit["value"].mean()
+        grids.append((model, variants, columns, grid))
+    width = max(6.0, 0.42 * max(len(g[2]) for g in grids) + 2.5)
+    heights = [0.32 * len(g[1]) + 1.6 for g in grids]
+    fig, axes = plt.subplots(len(grids), 1, figsize=(width, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    colours = method_colours(data["method"])
+    cmap = plt.get_cmap("Reds").copy()
+    cmap.set_bad("#dddddd")
+    for ax, (model, variants, columns, grid) in zip(axes[:, 0], grids, strict=True):
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+        image.set_gid(f"failures|{model}")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if grid[i, j] > 60 else "black")
+        ax.set_yticks(range(len(variants)), [variant_label(m, r) for m, r in variants], fontsize=8)
+        for tick, (method, _) in zip(ax.get_yticklabels(), variants, strict=True):
+            tick.set_color(colours.get(method, "black"))
+        ax.set_xticks(range(len(columns)), [k.replace("_", " ") for _, k in columns], rotation=60, ha="right",
+                      fontsize=8)
+        # Task names over their groups of columns, separated by white lines.
+        start = 0
+        for j in range(1, len(columns) + 1):
+            if j == len(columns) or columns[j][0] != columns[start][0]:
+                ax.text((start + j - 1) / 2, -0.7, columns[start][0], ha="center", va="bottom", fontsize=8,
+                        fontweight="bold")
+                if j < len(columns):
+                    ax.axvline(j - 0.5, color="white", linewidth=3)
+                start = j
+        ax.set_title(f"{model}: failure kinds, % of samples", pad=18, fontsize=10)
+    fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.02, pad=0.01, label="% of samples")
+    return fig
+
+
 def save(fig: Figure, out: Path, name: str, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -419,6 +497,8 @@ def render_all(df: pd.DataFrame, out: Path, overlay: bool = False, formats: Sequ
         written += save(figure2(df, overlay=overlay), out, "fig2_task_bars", formats)
     except ValueError:
         pass
+    if df["metric"].str.startswith(FAILURE_PREFIX).any():
+        written += save(figure_failures(df), out, "fig_failure_kinds", formats)
     act_only = df[df["total_params_b"].isna() & df["activated_params_b"].notna()]
     for (task, metric), grp in act_only.groupby(["task", "metric"]):
         hl = [h for h in highlight if (grp["model"] == h).any()]

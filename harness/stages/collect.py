@@ -113,4 +113,12 @@ def write_outputs(cfg: SweepConfig, table, sample_table) -> list[Path]:
             written += render_all(table, out / "plots", formats=("png",))
         except Exception as exc:  # noqa: BLE001 — a figure that cannot be drawn (e.g. one point) is not fatal
             log.warning("figures not drawn: %s", exc)
+    if cfg.report and sample_table is not None:
+        try:
+            from harness.report import write_report
+
+            written.append(write_report(out))
+        except Exception as exc:  # noqa: BLE001 — the tables are written; a report that fails is said, not fatal
+            log.warning("report not written: %s: %s (python -m harness.report %s retries it)",
+                        type(exc).__name__, exc, out)
     return written
