@@ -11,6 +11,7 @@ demo: setup
 	$(PY) -m harness.sweep sweeps/tiny.yaml
 
 test: setup
+	bash scripts/setup_browser.sh
 	$(PY) -m pytest
 
 test-slow: setup

@@ -446,8 +446,7 @@ def figure_failures(df: pd.DataFrame, kinds: Sequence[str] | None = None) -> Fig
     fig, axes = plt.subplots(len(grids), 1, figsize=(width, sum(heights)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
     colours = method_colours(data["method"])
-    cmap = plt.get_cmap("Reds").copy()
-    cmap.set_bad("#dddddd")
+    cmap = plt.get_cmap("Reds").with_extremes(bad="#dddddd")
     for ax, (model, variants, columns, grid) in zip(axes[:, 0], grids, strict=True):
         image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
         image.set_gid(f"failures|{model}")

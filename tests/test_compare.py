@@ -131,6 +131,7 @@ def test_compare_on_a_sweep_results_folder_scores_categories_as_its_table(zoo_di
             store.mark_done("eval", key)
     write_outputs(cfg, *collect_results(cfg, store, grid))
     table = pd.read_parquet(tmp_path / "results" / "results.parquet")
+    assert (tmp_path / "results" / "report.html").is_file()  # the sweep's report (harness.report)
 
     assert compare.main([str(tmp_path / "results"), "--baseline", "baseline", "--method", "frequency",
                          "--resamples", "200", "--csv", str(tmp_path / "cmp.csv")]) == 0
