@@ -33,6 +33,7 @@ no_entry_point  coding: the program parses but does not define the function the 
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -112,6 +113,7 @@ def code_failures(code: str | None, entry_point: str | None) -> list[str]:
 
 
 # -- per sample, per task ------------------------------------------------------------------------
+@functools.cache  # resolving reads every installed package's entry points: once per name
 def _task_class(task: str):
     from harness.tasks import get_task_class
     from harness.tasks.base import Task

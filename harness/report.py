@@ -220,6 +220,7 @@ figure{margin:0;flex:1 1 600px;max-width:100%}figure img{max-width:100%;border:1
 figcaption{font-size:12px;color:#555}
 .controls{display:flex;flex-wrap:wrap;gap:1em;align-items:center;margin:.5em 0;position:sticky;top:0;
 background:#fff;padding:.4em 0;z-index:2}
+#samples{table-layout:fixed;width:100%}#samples td:first-child{word-break:break-all}
 #samples td pre{white-space:pre-wrap;word-break:break-word;margin:0;max-height:24em;overflow:auto;font-size:11px}
 .correct{background:#e6f4e6}.wrong{background:#fbe9e9}.partial{background:#fff6dd}
 .kind{display:inline-block;background:#eee;border-radius:3px;padding:0 4px;margin:1px;font-size:11px}
@@ -283,6 +284,7 @@ SCRIPT = """
       if (changed) { const b = baseline.get(key(s)); if (b && b.s === s.s) return false; }
       return true;
     });
+    shown.sort((a, b) => a.id.localeCompare(b.id, undefined, {numeric: true}));
     const tbody = $('samples').tBodies[0]; tbody.textContent = '';
     for (const s of shown) {
       const tr = document.createElement('tr'); tr.className = 'sample-row'; tr.dataset.id = s.id;
@@ -380,7 +382,9 @@ partial credit. Long texts are cut at {max_chars} characters.</p>
 <option value='none'>no failure</option>{task_options}</select></label>
 <label><input type='checkbox' id='f-changed'> only where the score differs from the baseline</label>
 <span id='f-count' class='muted'></span></div>
-<table id='samples'><thead><tr><th rowspan='2'>sample</th><th rowspan='2'>prompt</th>
+<table id='samples'><colgroup><col style='width:6%'><col style='width:20%'><col style='width:22%'>
+<col style='width:7%'><col style='width:7%'><col style='width:24%'><col style='width:7%'><col style='width:7%'>
+</colgroup><thead><tr><th rowspan='2'>sample</th><th rowspan='2'>prompt</th>
 <th colspan='3'>baseline</th><th colspan='3' id='variant-head'>variant</th></tr>
 <tr><th>reply</th><th>extracted</th><th>verdict</th><th>reply</th><th>extracted</th><th>verdict</th></tr></thead>
 <tbody></tbody></table>""")

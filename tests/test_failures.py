@@ -16,8 +16,8 @@ from harness.failures import (
     failure_label,
     failure_rates,
     is_degenerate,
-    reply_failures,
     repeated_tail,
+    reply_failures,
     sample_failures,
     task_kinds,
 )

@@ -22,6 +22,7 @@ from tests.conftest import REPO
 SWEEP = REPO / "results" / "tiny"
 VARIANT = ("reap", 0.5)  # the variant the screenshot shows, beside the baseline
 SHOWN_TASK = "toy_math"
+SCREENSHOT_TASK = "toy_coding"  # the task where REAP 50 % fails most visibly (syntax errors)
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +204,11 @@ def test_filters_show_the_samples_of_the_data(report, browser, run_tables, tmp_p
     assert first[2].strip() == sub.set_index("sample_id").loc[first[0], "output"].strip()
     browser.find_element("id", "f-changed").click()
 
-    # The screenshot of REAP 50 % beside the baseline on toy_math (kept when HARNESS_REPORT_SCREENSHOT names a path).
+    # The screenshot of REAP 50 % beside the baseline (kept when HARNESS_REPORT_SCREENSHOT names a path).
+    _choose(browser, "f-task", SCREENSHOT_TASK)
+    assert len(_rows(browser)) == len(ours[ours["task"] == SCREENSHOT_TASK])
     browser.execute_script("document.getElementById('samples-section').scrollIntoView()")
-    shot = tmp_path / "report_reap50_toy_math.png"
+    shot = tmp_path / f"report_reap50_{SCREENSHOT_TASK}.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     keep = os.environ.get("HARNESS_REPORT_SCREENSHOT")
     if keep:
