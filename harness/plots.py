@@ -441,8 +441,8 @@ def figure_failures(df: pd.DataFrame, kinds: Sequence[str] | None = None) -> Fig
                 if len(hit):
                     grid[i, j] = 100 * hit["value"].mean()
         grids.append((model, variants, columns, grid))
-    width = max(6.0, 0.42 * max(len(g[2]) for g in grids) + 2.5)
-    heights = [0.32 * len(g[1]) + 1.6 for g in grids]
+    width = max(6.0, 0.5 * max(len(g[2]) for g in grids) + 2.5)
+    heights = [0.42 * len(g[1]) + 2.0 for g in grids]
     fig, axes = plt.subplots(len(grids), 1, figsize=(width, sum(heights)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
     colours = method_colours(data["method"])
@@ -453,23 +453,23 @@ def figure_failures(df: pd.DataFrame, kinds: Sequence[str] | None = None) -> Fig
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
                 if np.isfinite(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                    ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=9,
                             color="white" if grid[i, j] > 60 else "black")
-        ax.set_yticks(range(len(variants)), [variant_label(m, r) for m, r in variants], fontsize=8)
+        ax.set_yticks(range(len(variants)), [variant_label(m, r) for m, r in variants], fontsize=10)
         for tick, (method, _) in zip(ax.get_yticklabels(), variants, strict=True):
             tick.set_color(colours.get(method, "black"))
         ax.set_xticks(range(len(columns)), [k.replace("_", " ") for _, k in columns], rotation=60, ha="right",
-                      fontsize=8)
+                      fontsize=10)
         # Task names over their groups of columns, separated by white lines.
         start = 0
         for j in range(1, len(columns) + 1):
             if j == len(columns) or columns[j][0] != columns[start][0]:
-                ax.text((start + j - 1) / 2, -0.7, columns[start][0], ha="center", va="bottom", fontsize=8,
+                ax.text((start + j - 1) / 2, -0.7, columns[start][0], ha="center", va="bottom", fontsize=10,
                         fontweight="bold")
                 if j < len(columns):
                     ax.axvline(j - 0.5, color="white", linewidth=3)
                 start = j
-        ax.set_title(f"{model}: failure kinds, % of samples", pad=18, fontsize=10)
+        ax.set_title(f"{model}: failure kinds, % of samples", pad=20, fontsize=12)
     fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.02, pad=0.01, label="% of samples")
     return fig
 

@@ -123,7 +123,8 @@ def _table(frame: pd.DataFrame, *, cls: str = "", percent: Sequence[str] = (), s
                 text = str(value)
             cells.append(f"<td>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+            '</table></div>')
 
 
 def _pivot(rows: pd.DataFrame, columns: str | list[str]) -> pd.DataFrame:
@@ -191,15 +192,21 @@ def provenance_rows(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict
 
 
 # -- figures -----------------------------------------------------------------------------------------------
-def figure_images(results: pd.DataFrame) -> list[tuple[str, str]]:
-    """(name, PNG data URI) of every figure the table supports (harness.plots.render_all), in FIGURE_ORDER."""
+def figure_images(results: pd.DataFrame) -> list[tuple[str, str, float]]:
+    """(name, PNG data URI, width / height) of every figure the table supports (harness.plots.render_all),
+    in FIGURE_ORDER."""
+    import struct
+
     from harness.plots import render_all
 
+    found = {}
     with tempfile.TemporaryDirectory(prefix="harness-report-") as tmp:
-        paths = [p for p in render_all(results, Path(tmp), formats=("png",)) if p.suffix == ".png"]
-        found = {p.stem: "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in paths}
+        for path in sorted(p for p in render_all(results, Path(tmp), formats=("png",)) if p.suffix == ".png"):
+            png = path.read_bytes()
+            width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
+            found[path.stem] = ("data:image/png;base64," + base64.b64encode(png).decode(), width / height)
     order = [n for n in FIGURE_ORDER if n in found] + sorted(n for n in found if n not in FIGURE_ORDER)
-    return [(n, found[n]) for n in order]
+    return [(n, *found[n]) for n in order]
 
 
 CAPTIONS = {
@@ -215,8 +222,9 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #cc
 table{border-collapse:collapse;font-size:12px;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:3px 6px;vertical-align:top;text-align:left}
 th{background:#f3f3f3;position:sticky;top:0}
-.figures{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
-figure{margin:0;flex:1 1 600px;max-width:100%}figure img{max-width:100%;border:1px solid #eee}
+.scroll{overflow-x:auto;max-width:100%}.figures{margin-bottom:1em;display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
+figure{margin:0;min-width:320px}figure img{width:100%;border:1px solid #eee;cursor:zoom-in}
+figure img.full{width:auto;max-width:none;cursor:zoom-out}figure:has(img.full){flex-basis:100%!important;overflow:auto}
 figcaption{font-size:12px;color:#555}
 .controls{display:flex;flex-wrap:wrap;gap:1em;align-items:center;margin:.5em 0;position:sticky;top:0;
 background:#fff;padding:.4em 0;z-index:2}
@@ -303,6 +311,7 @@ SCRIPT = """
   for (const id of ['f-variant', 'f-task', 'f-verdict', 'f-kind', 'f-changed']) {
     $(id).addEventListener('change', render);
   }
+  for (const img of document.images) img.addEventListener('click', () => img.classList.toggle('full'));
   refreshChoices(); render();
   window.harnessReport = {render: render, data: data};
 })();
@@ -340,8 +349,12 @@ def build_html(results_dir: Path, *, resamples: int = DEFAULT_RESAMPLES, max_cha
              f"{esc(harness.__version__)} from <code>{esc(str(results_dir))}</code>: "
              + ", ".join(f"{esc(n)} sha256 <code>{_sha256(p)[:16]}</code>" for n, p in files.items()) + ".</p>",
              "<h2 id='figures'>Figures</h2><div class='figures'>"]
-    for fig_name, uri in figures:
-        parts.append(f"<figure><img src='{uri}' alt='{esc(fig_name)}' data-figure='{esc(fig_name)}'>"
+    for index, (fig_name, uri, aspect) in enumerate(figures):
+        if index and fig_name not in FIGURE_ORDER[:2]:  # accuracy and failure kinds side by side, the rest below
+            parts.append("</div><div class='figures'>")
+        # flex-grow in proportion to width/height: figures sharing a row get the same height
+        parts.append(f"<figure style='flex:{aspect:.3f} 1 0'><img src='{uri}' alt='{esc(fig_name)}' "
+                     f"data-figure='{esc(fig_name)}' title='click to enlarge'>"
                      f"<figcaption>{esc(CAPTIONS.get(fig_name, fig_name))}</figcaption></figure>")
     parts.append("</div>")
     def values(frame: pd.DataFrame) -> list[str]:
