@@ -67,8 +67,8 @@ DEFAULTS: dict[str, object] = {
 KEY_COLUMNS = ("model", "method", "ratio", "task", "metric", "source")
 SAMPLE_COLUMNS = ("model", "method", "ratio", "task", "category", "sample_id", "score")
 # Optional per-sample text: the prompt (JSON of the chat messages, or the text), the reply, the extracted answer and
-# the target (JSON unless plain text), the server's finish_reason.
-SAMPLE_TEXT_COLUMNS = ("prompt", "output", "extracted", "target", "finish_reason")
+# the target (JSON unless plain text), the server's finish_reason and the reply's length in tokens.
+SAMPLE_TEXT_COLUMNS = ("prompt", "output", "extracted", "target", "finish_reason", "completion_tokens")
 
 
 class ResultsError(ValueError):

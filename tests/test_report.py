@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from harness.failures import KINDS, METRIC_PREFIX, reply_failures
 from tests.conftest import REPO
@@ -47,8 +48,13 @@ def test_failure_columns_follow_from_the_replies(run_tables):
         assert got == expected, (row.task, row.sample_id, row.output[-120:])
         kinds = [k for k in KINDS if getattr(row, f"failure_{k}") is True]
         assert row.failures == ",".join(kinds)
-    # The run has replies cut at max_tokens (160) and replies in a loop; they are counted.
-    assert generative["failure_truncated"].astype(bool).any() and generative["failure_degenerate"].astype(bool).any()
+    # The server's finish reason against the reply's length: cut exactly at the sweep's max_tokens.
+    max_tokens = yaml.safe_load((REPO / "sweeps" / "tiny.yaml").read_text())["generation"]["max_tokens"]
+    truncated = generative["failure_truncated"].astype(bool)
+    assert (generative.loc[truncated, "completion_tokens"] == max_tokens).all()
+    assert (generative.loc[~truncated, "completion_tokens"] < max_tokens).all()
+    # The run has replies cut at max_tokens and replies in a loop; they are counted.
+    assert truncated.any() and generative["failure_degenerate"].astype(bool).any()
 
 
 def test_table_rates_are_the_samples_means(run_tables):

@@ -36,6 +36,7 @@ def sample_details(task: str, record) -> dict[str, Any]:
     extra = record.model_extra or {}
     return {"prompt": _text(record.prompt), "output": record.output, "extracted": _text(record.extracted),
             "target": _text(record.target), "finish_reason": extra.get("finish_reason"),
+            "completion_tokens": extra.get("completion_tokens"),
             "failures": failure_label(found),
             **{f"failure_{kind}": (found or {}).get(kind) for kind in KINDS}}
 
