@@ -41,11 +41,15 @@ def test_results_rows_tabulate_fractions_and_category_means():
                           samples=[SampleRecord(sample_id="0", prompt="p", output="o", score=1.0)])
 
     rows = results_rows([result("gsm8k", 0.5), result("math500", 0.25), result("x", None, "not_run")], model="m")
-    # The same rows the sweep writes: every fraction metric, the task's category contribution ("score"),
-    # then the category mean; counts and raw means stay out.
+    # The same rows the sweep writes: every fraction metric, the task's category contribution ("score"), the
+    # failure kinds of its samples (the reply "o" has no extractable answer; without a finish reason truncation is
+    # unknown, so no row), then the category mean; counts and raw means stay out.
+    kinds = [("failure_rate:any", 1.0), ("failure_rate:degenerate", 0.0), ("failure_rate:empty", 0.0),
+             ("failure_rate:no_answer", 1.0)]
     assert [(r["task"], r["metric"], r["value"]) for r in rows] == [
-        ("gsm8k", "accuracy", 0.5), ("gsm8k", "score", 0.5), ("math500", "accuracy", 0.25),
-        ("math500", "score", 0.25), ("math", "accuracy", 0.375)]
+        ("gsm8k", "accuracy", 0.5), *[("gsm8k", *k) for k in kinds], ("gsm8k", "score", 0.5),
+        ("math500", "accuracy", 0.25), *[("math500", *k) for k in kinds], ("math500", "score", 0.25),
+        ("math", "accuracy", 0.375)]
     assert rows[-1]["provenance"]["missing"] == ["x"]
     assert not tabulated("n_judge_unparseable", 1.0) and not tabulated("truncated_fraction", 1.5)
 
