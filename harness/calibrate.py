@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from harness.archs import UnsupportedModelError, get_arch
@@ -27,6 +28,29 @@ def _dataset(value: str) -> dict:
     if sep and count.isdigit() and source:
         return {"source": source, "samples": int(count)}
     return {"source": value}
+
+
+def stored_calibration(store, source, spec, *, extras: Iterable[str] = (),
+                       dtype: str = "auto", sequential: bool = False, device: str | None = None,
+                       batch_size: int = 8, progress: bool = True, force: bool = False) -> tuple[str, Path]:
+    """Calibrate `source` (a harness.hub.ModelSource) into the store at --out, once per key; returns (key, directory).
+    The same key as a sweep's calibration stage, so a sweep can reuse this store's statistics."""
+    from harness.calibration.run import calibrate, calibration_settings_for
+    from harness.store import stage_key
+
+    settings = calibration_settings_for(source, spec, extras=extras,
+                                        dtype=dtype)
+    key = stage_key("calibration", settings)
+    out = store.dir("calibration", key)
+    if store.is_done("calibration", key) and not force:
+        return key, out
+    store.reset("calibration", key)
+    stats = calibrate(source.directory(), spec, extras=extras,
+                      sequential=sequential, device=device, dtype=dtype, batch_size=batch_size, progress=progress)
+    stats.manifest["key"] = key
+    stats.save(out)
+    store.mark_done("calibration", key, {"model": source.describe()}, settings=settings)
+    return key, out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from harness.calibration.data import CalibrationSpec
-    from harness.calibration.run import CalibrationDeviceError, stored_calibration
+    from harness.calibration.run import CalibrationDeviceError
     from harness.calibration.statistics import CalibrationStatistics
     from harness.hub import ModelUnavailableError, resolve
     from harness.store import Store

@@ -33,40 +33,37 @@ def _method_config(text: str | None) -> dict:
     return value
 
 
-def make_plan(stats_dir: str | Path, method_name: str, ratio: float, model: str | Path,
+def plan_from_files(stats_dir: str | Path, method_name: str, ratio: float, model: str | Path,
               method_config: dict | None = None):
-    """The plan for `model` at `ratio`; every check that needs no writing happens here."""
+    """The plan for `model` at `ratio` from a statistics directory; every check that needs no writing, as
+    CompressError (harness.methods.make_plan makes the plan)."""
     from pydantic import ValidationError
 
-    from harness.archs import get_arch, read_config
+    from harness.archs import read_config
     from harness.calibration.statistics import CalibrationStatistics
-    from harness.methods import UnknownMethodError, get_method
+    from harness.methods import StatisticsMismatchError, UnknownMethodError, get_method, make_plan
     from harness.methods.base import PlanningError
     from harness.methods.constraints import ExpertConstraints, InfeasibleRatioError
 
     try:
-        method = get_method(method_name, method_config or {})
+        get_method(method_name, method_config or {})  # an unknown name or a bad option, before reading anything
     except UnknownMethodError as error:
         raise CompressError(str(error)) from error
     except ValidationError as error:
         raise CompressError(f"invalid --method-config for {method_name!r}: {error}") from error
     config = read_config(model)
-    arch = get_arch(config)
-    constraints = ExpertConstraints.from_config(config)
     try:
-        constraints.target_count(ratio)
+        ExpertConstraints.from_config(config).target_count(ratio)
     except InfeasibleRatioError as error:
         raise CompressError(str(error)) from error
     stats_path = Path(stats_dir)
     if not (stats_path / "manifest.json").is_file() or not (stats_path / "statistics.safetensors").is_file():
         raise CompressError(f"{stats_path} is not a calibration-statistics directory (needs manifest.json and "
                             f"statistics.safetensors; make one with `python -m harness.calibrate`)")
-    stats = CalibrationStatistics.load(stats_path)
-    family = stats.manifest.get("family")
-    if family and family != arch.model_type:
-        raise CompressError(f"the statistics are of a {family} model but {model} is {arch.model_type}")
     try:
-        return method.plan(stats, ratio, constraints, calibration_key=str(stats.manifest.get("key", "")))
+        return make_plan(CalibrationStatistics.load(stats_path), method_name, method_config, ratio, config)
+    except StatisticsMismatchError as error:
+        raise CompressError(f"{error} ({model})") from error
     except (InfeasibleRatioError, PlanningError) as error:
         raise CompressError(str(error)) from error
 
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f"available: {', '.join(MATERIALISATIONS)}")
         if Path(args.out).exists() and not args.overwrite:
             raise CompressError(f"{args.out} already exists; pass --overwrite to replace it")
-        plan = make_plan(args.stats, args.method, args.ratio, args.model, _method_config(args.method_config))
+        plan = plan_from_files(args.stats, args.method, args.ratio, args.model, _method_config(args.method_config))
         counts = sorted(set(plan.groups_per_layer.values()))
         per_layer = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]} (total {plan.total_groups})"
         print(f"plan: {plan.method} at ratio {plan.ratio:g}: {per_layer} experts per layer "

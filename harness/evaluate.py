@@ -4,8 +4,9 @@
         --tasks coding,math --limit 20 --out DIR [--data-dir ../shared/datasets]
 
 `--tasks` takes task names and category names (a category stands for those of its
-paper tasks that are registered). For each task DIR gets `<task>.json` (the result
-without samples) and `<task>.samples.jsonl` (one record per sample); DIR/results.csv
+paper tasks that are registered). For each task DIR gets `<task>/result.json` (the result
+without samples) and `<task>/samples.jsonl` (one record per sample), the files a sweep
+stores for an evaluation (harness.tasks.runner); DIR/results.csv
 is the tidy results table: one row per task metric that is a fraction (counts `n_*`
 and raw means `mean_*` stay in the JSON) and one row per category score. A task that
 fails is recorded with its error and the others still run; the exit code is 1 if any
@@ -17,17 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import harness
-from harness.atomic import atomic_write
-from harness.tasks import UnknownTaskError, expand, get_task_class
+from harness.tasks import UnknownTaskError, expand
 from harness.tasks.base import Endpoint, GenerationSettings, TaskContext, TaskResult
 from harness.tasks.categories import category_score
+from harness.tasks.runner import failed, run_task, write_task_result
 
 
 # -- task selection ---------------------------------------------------------------------
@@ -37,42 +36,6 @@ def expand_tasks(spec: str) -> list[str]:
     if not out:
         raise UnknownTaskError(f"no tasks in {spec!r}")
     return out
-
-
-# -- running ----------------------------------------------------------------------------
-def failed(result: TaskResult) -> bool:
-    """True for a task that raised or was not ready (a task may also decline to run: not a failure)."""
-    return result.status != "ok" and "error" in result.provenance
-
-
-def _failure(name: str, category: str, ctx: TaskContext, error: str, detail: str = "") -> TaskResult:
-    return TaskResult(task=name, category=category, status="not_run", reason=f"failed: {error}",
-                      provenance={"harness_version": harness.__version__, "task": name, "error": error,
-                                  "traceback": detail, "generation": ctx.generation.recorded(),
-                                  "endpoint_model": ctx.endpoint.model, "limit": ctx.limit})
-
-
-def run_task(name: str, ctx: TaskContext, options: dict[str, Any] | None = None) -> TaskResult:
-    """One task; any error becomes a recorded failure, never an exception or a gap."""
-    category = "unknown"
-    try:
-        cls = get_task_class(name)
-        category = cls.category
-        task = cls(options)
-        problems = task.check_ready(ctx)
-        if problems:
-            return _failure(name, category, ctx, "not ready: " + "; ".join(problems))
-        started = time.monotonic()
-        result = task.run(ctx)
-        result.provenance.setdefault("wall_s", round(time.monotonic() - started, 3))
-        return result
-    except Exception as exc:  # noqa: BLE001 - recorded with its traceback, the run goes on
-        partial = getattr(exc, "partial_result", None)
-        failure = _failure(name, category, ctx, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        if isinstance(partial, TaskResult):  # keep what the task did produce (samples, metrics)
-            failure.samples, failure.metrics, failure.n_samples = partial.samples, partial.metrics, partial.n_samples
-            failure.provenance = {**partial.provenance, **failure.provenance}
-        return failure
 
 
 def evaluate(endpoint: Endpoint, tasks: Sequence[str], *, generation: GenerationSettings | None = None,
@@ -97,24 +60,6 @@ def evaluate(endpoint: Endpoint, tasks: Sequence[str], *, generation: Generation
 
 
 # -- writing ----------------------------------------------------------------------------
-def write_task_files(result: TaskResult, out_dir: Path) -> None:
-    """<task>.json (no samples) and <task>.samples.jsonl, each written atomically, secrets redacted."""
-    from harness.redaction import redact
-
-    summary = result.model_dump(mode="json", exclude={"samples"})
-
-    def dump_json(tmp: str) -> None:
-        Path(tmp).write_text(redact(json.dumps(summary, indent=2, sort_keys=True)) + "\n")
-
-    def dump_samples(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for sample in result.samples:
-                fh.write(redact(sample.model_dump_json()) + "\n")
-
-    atomic_write(out_dir / f"{result.task}.json", dump_json)
-    atomic_write(out_dir / f"{result.task}.samples.jsonl", dump_samples)
-
-
 def results_rows(results: Sequence[TaskResult], *, model: str, method: str = "baseline", ratio: float = 0.0,
                  family: str = "") -> list[dict[str, Any]]:
     """Tidy rows (harness.results schema) of one model, built as the sweep builds them (harness.results)."""
@@ -207,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     def on_result(result: TaskResult) -> None:
-        write_task_files(result, out)
+        write_task_result(result, out / result.task)
         state = "FAILED: " + result.reason if failed(result) else f"score={result.score}"
         print(f"[evaluate] {result.task}: {state}", file=sys.stderr, flush=True)
 

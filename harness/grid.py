@@ -19,7 +19,6 @@ from harness.store import Store, stage_key
 
 BASELINE = "baseline"
 # The stages of the graph, in the order a resumed sweep redoes them (`--force`, `--until`).
-STAGES = ("calibration", "plan", "checkpoint", "eval")
 
 
 @dataclass
@@ -201,7 +200,9 @@ def job_graph(cfg: SweepConfig, grid: Grid, store: Store, *, until: str = "eval"
               checkpoint_memory_gb: float = 8.0) -> list[Job]:
     """The jobs still needed, in an order that respects their dependencies (a topological order)."""
     force = set(force)
-    last = STAGES.index(until)
+    from harness.stages import PIPELINE
+
+    last = PIPELINE.index(until)
     jobs: list[Job] = []
     for mj in grid.models:
         gpus = mj.model.serving.tensor_parallel_size

@@ -29,7 +29,6 @@ from harness.redaction import redact
 
 # Bump when the layout or the meaning of a stage's settings changes: every key changes with it.
 STORE_VERSION = 1
-STAGES = ("calibration", "plan", "checkpoint", "eval")
 
 
 def stage_key(stage: str, settings: dict[str, Any]) -> str:

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from harness.config import SweepConfig, SweepConfigError, load_sweep
-from harness.grid import STAGES, Filters, Grid, build_grid, job_graph
+from harness.grid import Filters, Grid, build_grid, job_graph
 from harness.redaction import RedactingFormatter
+from harness.stages import PIPELINE
 from harness.store import Store
 
 log = logging.getLogger("harness.sweep")
@@ -116,9 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="validate, print the jobs and what is cached")
     parser.add_argument("--only", action="append", default=[], metavar="KIND=VALUES",
                         help="filter: model=NAME, method=NAME (baseline too), ratio=R, task=NAME; repeatable")
-    parser.add_argument("--force", action="append", default=[], choices=STAGES,
+    parser.add_argument("--force", action="append", default=[], choices=PIPELINE,
                         help="recompute this stage (and so everything after it) for the selected jobs")
-    parser.add_argument("--until", choices=STAGES, default="eval",
+    parser.add_argument("--until", choices=PIPELINE, default="eval",
                         help="stop after this stage (e.g. write every checkpoint now, evaluate later)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--executor", choices=["local", "ray"], default=None,
@@ -158,9 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_system_exit)
     force = set(args.force)
     # Recomputing a stage recomputes what depends on it.
-    for i, stage in enumerate(STAGES):
+    for i, stage in enumerate(PIPELINE):
         if stage in force:
-            force.update(STAGES[i:])
+            force.update(PIPELINE[i:])
     code = run(cfg, filters=Filters.parse(args.only), force=sorted(force), dry=args.dry_run,
                progress=not args.no_progress, until=args.until, executor=args.executor, ray_address=args.ray_address)
     if report is not None:

@@ -102,10 +102,10 @@ def test_compare_on_a_sweep_results_folder_scores_categories_as_its_table(zoo_di
     from harness.config import load_sweep
     from harness.grid import build_grid
     from harness.stages.collect import collect_results, write_outputs
-    from harness.stages.evaluate import save_result
     from harness.store import Store
     from harness.tasks import get_task_class
     from harness.tasks.base import SampleRecord, TaskResult
+    from harness.tasks.runner import write_task_result as save_result
     from tests.conftest import DATASETS
 
     tasks = ["humaneval_plus", "mbpp_plus", "gsm8k", "math500", "arc_easy", "hellaswag"]

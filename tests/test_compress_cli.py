@@ -15,7 +15,8 @@ from harness.calibration.data import CalibrationSpec, build_calibration_batch
 from harness.calibration.run import calibrate_loaded
 from harness.calibration.statistics import CalibrationStatistics
 from harness.checkpoint import write_checkpoint
-from harness.compress import CompressError, main, make_plan
+from harness.compress import CompressError, main
+from harness.compress import plan_from_files as make_plan
 from harness.methods import get_method, method_names
 from harness.methods.constraints import ExpertConstraints, InfeasibleRatioError
 from harness.plan import Plan

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoTokenizer
 
 from harness.checkpoint import write_checkpoint
-from harness.compress import make_plan
+from harness.compress import plan_from_files as make_plan
 from harness.methods.constraints import ExpertConstraints, InfeasibleRatioError
 from harness.serving import VLLMServer, complete
 from harness.zoo import ZOO

@@ -77,14 +77,14 @@ def test_cli_runs_tasks_records_failures_and_writes_table(served, tmp_path):
                 "--task-options", json.dumps(options), "--label", "tiny-qwen3", "--quiet")
     assert proc.returncode == 1, proc.stderr[-3000:]  # gsm8k failed, the others ran
 
-    gsm8k = json.loads((out / "gsm8k.json").read_text())
+    gsm8k = json.loads((out / "gsm8k" / "result.json").read_text())
     assert gsm8k["status"] == "not_run" and "no_such_option" in gsm8k["provenance"]["error"]
     assert "FAILED" in proc.stdout and "gsm8k" in proc.stdout
 
     scores = {}
     for task in ("math500", "wildbench_creative"):
-        summary = json.loads((out / f"{task}.json").read_text())
-        samples = [json.loads(line) for line in (out / f"{task}.samples.jsonl").read_text().splitlines()]
+        summary = json.loads((out / task / "result.json").read_text())
+        samples = [json.loads(line) for line in (out / task / "samples.jsonl").read_text().splitlines()]
         assert summary["status"] == "ok" and "samples" not in summary and summary["n_samples"] == len(samples)
         assert summary["provenance"]["generation"]["max_tokens"] == 24
         assert summary["provenance"]["generation"]["chat_template_kwargs"] == {"enable_thinking": False}

@@ -8,7 +8,8 @@ one GPU, or the CPU. Quantised checkpoints (FP8 blocks, compressed-tensors int4)
 dequantised layer by layer into the calibration dtype for the observer.
 
 The stage's key and directory belong to the store (harness.store): `calibration_settings`
-says what the statistics depend on, `stored_calibration` computes them once per key.
+says what the statistics depend on, the sweep's calibration stage (harness.stages.calibrate)
+and `python -m harness.calibrate` store them once per key.
 """
 
 from __future__ import annotations
@@ -342,7 +343,7 @@ def calibration_settings_for(source, spec, *, extras: Iterable[str], dtype: str)
 def calibrate(model_dir: str | Path, spec, *, extras: Iterable[str] = (),
               sequential: bool = False, device: str | None = None, dtype: str = "auto", batch_size: int = 8,
               progress: bool = True) -> CalibrationStatistics:
-    """Tokenise the calibration set and record the statistics (no caching: see stored_calibration)."""
+    """Tokenise the calibration set and record the statistics (no caching: the callers store it under its key)."""
     from transformers import AutoTokenizer
 
     import harness
@@ -389,24 +390,3 @@ def calibrate(model_dir: str | Path, spec, *, extras: Iterable[str] = (),
                 "torch": torch.__version__, "python": platform.python_version()},
     }
     return CalibrationStatistics(stats, manifest)
-
-
-def stored_calibration(store, source, spec, *, extras: Iterable[str] = (),
-                       dtype: str = "auto", sequential: bool = False, device: str | None = None,
-                       batch_size: int = 8, progress: bool = True, force: bool = False) -> tuple[str, Path]:
-    """Calibrate `source` (a harness.hub.ModelSource) into the store, once per key; returns (key, directory)."""
-    from harness.store import stage_key
-
-    settings = calibration_settings_for(source, spec, extras=extras,
-                                        dtype=dtype)
-    key = stage_key("calibration", settings)
-    out = store.dir("calibration", key)
-    if store.is_done("calibration", key) and not force:
-        return key, out
-    store.reset("calibration", key)
-    stats = calibrate(source.directory(), spec, extras=extras,
-                      sequential=sequential, device=device, dtype=dtype, batch_size=batch_size, progress=progress)
-    stats.manifest["key"] = key
-    stats.save(out)
-    store.mark_done("calibration", key, {"model": source.describe()}, settings=settings)
-    return key, out

@@ -48,3 +48,24 @@ def get_method_class(name: str) -> type[Method]:
 def get_method(name: str, config: dict[str, Any] | None = None) -> Method:
     """An instance of method `name`; a bad option raises pydantic's ValidationError naming it."""
     return get_method_class(name)(config)
+
+
+class StatisticsMismatchError(ValueError):
+    """Statistics recorded on one family, applied to another model."""
+
+
+def make_plan(stats, method_name: str, method_config: dict[str, Any] | None, ratio: float, model):
+    """The one way a plan is made (the sweep's plan stage and `python -m harness.compress`): the method's
+    plan of `stats` at `ratio` under the expert constraints of `model` (a directory or a config dict),
+    after checking that the statistics belong to that model's family."""
+    from harness.archs import get_arch, read_config
+    from harness.methods.constraints import ExpertConstraints
+
+    config = model if isinstance(model, dict) else read_config(model)
+    arch = get_arch(config)
+    family = stats.manifest.get("family")
+    if family and family != arch.model_type:
+        raise StatisticsMismatchError(f"the statistics are of a {family} model but the model is {arch.model_type}")
+    method = get_method(method_name, method_config or {})
+    constraints = ExpertConstraints.from_arch(arch)
+    return method.plan(stats, ratio, constraints, calibration_key=str(stats.manifest.get("key", "")))

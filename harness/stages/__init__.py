@@ -11,19 +11,22 @@ finished, in which process: what tests and `python -m harness.store ls` read.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.config import SweepConfig
-from harness.grid import Grid, Job, ModelJobs, Variant
 from harness.redaction import RedactingFormatter
 from harness.store import Store
+
+if TYPE_CHECKING:  # the grid reads STAGES from here
+    from harness.config import SweepConfig
+    from harness.grid import Grid, Job, ModelJobs, Variant
 
 log = logging.getLogger("harness.sweep")
 
@@ -55,6 +58,18 @@ class StageFailed(Exception):
     """A part of a job failed and was recorded; what depends on it is skipped."""
 
 
+# The one declaration of the stages, in pipeline order: name -> the function that produces its output.
+# `--force` and `--until` name the user-facing ones; the store and the grid read this table.
+STAGES: dict[str, str] = {
+    "calibration": "harness.stages.calibrate:run",
+    "plan": "harness.stages.plan:run",
+    "checkpoint": "harness.stages.checkpoint:run",
+    "params": "harness.stages.checkpoint:run_params",
+    "eval": "harness.stages.evaluate:run",
+}
+PIPELINE: tuple[str, ...] = tuple(name for name in STAGES if name != "params")  # what a user forces or stops at
+
+
 @dataclass
 class Outcome:
     job: str
@@ -76,16 +91,6 @@ class StageContext:
     @property
     def store(self) -> Store:
         return Store(self.cfg.work_path)
-
-    def to_compute(self, stage: str, key: str) -> bool:
-        """Whether (stage, key) must be computed: not done yet, or forced (then its old output goes first)."""
-        store = self.store
-        if not store.is_done(stage, key):
-            return True
-        if stage not in self.force:
-            return False
-        store.reset(stage, key)
-        return True
 
     def model(self, job: Job) -> ModelJobs:
         return self.grid.model(job.model)
@@ -114,9 +119,64 @@ class StageContext:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_judge": None}  # a judge server does not travel to another process
 
-    # -- one logged, recorded piece of work --------------------------------------------------------
+
+@dataclass
+class JobRun:
+    """One job being run: what a stage function gets. It does the bookkeeping every stage shares
+    (the done-or-forced check, the log, the failure record, the done record, the event), so a
+    stage is only the production of its output. A stage returns whether it computed anything, or
+    raises; failures of parts (a task of an evaluation) are collected here."""
+
+    ctx: StageContext
+    job: Job
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def store(self) -> Store:
+        return self.ctx.store
+
+    @property
+    def cfg(self) -> SweepConfig:
+        return self.ctx.cfg
+
+    @property
+    def model(self) -> ModelJobs:
+        return self.ctx.model(self.job)
+
+    @property
+    def variant(self) -> Variant:
+        return self.ctx.variant(self.job)
+
+    def to_compute(self, stage: str, key: str) -> bool:
+        """Whether (stage, key) must be computed: not done yet, or forced (then its old output goes first)."""
+        store = self.store
+        if not store.is_done(stage, key):
+            return True
+        if stage not in self.ctx.force:
+            return False
+        store.reset(stage, key)
+        return True
+
+    def produce(self, stage: str, key: str, label: str, settings: dict[str, Any],
+                make: Callable[[Path], dict[str, Any]]) -> bool:
+        """The shared shape of every stage: skip when done (and not forced); otherwise, under a log,
+        `make(output_dir)` writes the output and returns what the done record adds; then the done
+        record, the event and the test kill point. Raises StageFailed (recorded) when `make` raises."""
+        if not self.to_compute(stage, key):
+            return False
+        store = self.store
+        with self.logged(stage, key, label):
+            out = store.dir(stage, key)
+            out.mkdir(parents=True, exist_ok=True)
+            meta = make(out)
+            store.mark_done(stage, key, {**meta, "job": label}, settings=settings)
+            store.event("computed", stage=stage, key=key, job=label)
+        kill_point(stage)
+        return True
+
     @contextlib.contextmanager
-    def logged(self, stage: str, key: str, label: str, failures: list[str]) -> Iterator[Path]:
+    def logged(self, stage: str, key: str, label: str) -> Iterator[Path]:
+        """A piece of work with its own log; an exception is recorded under failures/ and becomes StageFailed."""
         store = self.store
         log_path = store.root / "logs" / f"{stage}-{key}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,18 +193,20 @@ class StageContext:
             log.exception("%s %s: failed", stage, label)
             store.record_failure(stage, key, label, exc, log_path)
             first = str(exc).splitlines()[0] if str(exc) else ""
-            failures.append(f"{stage} {label}: {type(exc).__name__}: {first}")
+            self.failures.append(f"{stage} {label}: {type(exc).__name__}: {first}")
             raise StageFailed from exc
         finally:
             root.removeHandler(handler)
             handler.close()
 
+    def fail(self, message: str) -> None:
+        """A part that could not run (no checkpoint to serve): reported, and the job counts as failed."""
+        self.failures.append(message)
 
-def _stage_function(stage: str):
-    from harness.stages import calibrate, checkpoint, evaluate, plan
 
-    return {"calibration": calibrate.run, "plan": plan.run, "checkpoint": checkpoint.run,
-            "params": checkpoint.run_params, "eval": evaluate.run}[stage]
+def stage_function(stage: str) -> Callable[[JobRun], bool]:
+    module, _, name = STAGES[stage].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def run_job(ctx: StageContext, job: Job) -> Outcome:
@@ -155,11 +217,11 @@ def run_job(ctx: StageContext, job: Job) -> Outcome:
         if not claimed:
             return Outcome(job.id, "busy")
         store.event("job_started", job=job.id, stage=job.stage, label=job.label)
-        failures: list[str] = []
+        run = JobRun(ctx, job)
         try:
-            computed = _stage_function(job.stage)(ctx, job, failures)
+            computed = stage_function(job.stage)(run)
         except StageFailed:
             computed = True
-        status = "failed" if failures else "done" if computed else "cached"
+        status = "failed" if run.failures else "done" if computed else "cached"
         store.event("job_finished", job=job.id, stage=job.stage, label=job.label, status=status)
-        return Outcome(job.id, status, failures, time.monotonic() - started)
+        return Outcome(job.id, status, run.failures, time.monotonic() - started)
