@@ -13,6 +13,7 @@ from harness.zoo import ZOO
 from tests.test_zoo import TEXTS
 
 RTOL = 1e-6
+EXTRAS = {"mean_out", "gated_out", "router_similarity"}  # every optional statistic
 
 
 def _setup(zoo_dir, family):
@@ -61,6 +62,7 @@ def brute_force(model, arch, batch, routing=None):
                  for name in ("count", "gate_sum", "ean_sum", "reap_sum", "max_abs_act")}
         stats["max_act"] = torch.full((n_exp,), -torch.inf, dtype=torch.float64)
         mean_out = torch.zeros(n_exp, hidden, dtype=torch.float64)
+        gated_out = torch.zeros(n_exp, hidden, dtype=torch.float64)
         gram = torch.zeros(n_exp, n_exp, dtype=torch.float64)
         weights = [arch.expert_weights(layer, j) for j in range(n_exp)]
         for t in torch.nonzero(real)[:, 0].tolist():
@@ -79,6 +81,7 @@ def brute_force(model, arch, batch, routing=None):
                     stats["reap_sum"][j] += g * norm
                     stats["max_act"][j] = max(stats["max_act"][j].item(), f.max().item())  # signed
                     stats["max_abs_act"][j] = max(stats["max_abs_act"][j].item(), f.abs().max().item())
+                    gated_out[j] += g * f.double()
                 if routing is None:
                     torch.testing.assert_close(combined, y_all[t], atol=1e-5, rtol=1e-4)
                 for j in range(n_exp):
@@ -87,6 +90,7 @@ def brute_force(model, arch, batch, routing=None):
                 gram += torch.outer(logits, logits)
         stats["max_act"] = torch.where(stats["count"] > 0, stats["max_act"], 0.0)  # never routed: 0
         stats["mean_out"] = mean_out / int(real.sum())
+        stats["gated_out_sum"] = gated_out
         stats["router_gram"] = gram
         result[layer.index] = stats
     return result
@@ -107,7 +111,7 @@ def _assert_matches(observed, reference):
             torch.testing.assert_close(getattr(got, name), ref[name], rtol=RTOL, atol=1e-9,
                                        msg=lambda m, n=name, i=index: f"layer {i} {n}: {m}")
         # Signed sums cancel, so entries are compared relative to the tensor's scale.
-        for name in ("mean_out", "router_gram"):
+        for name in ("mean_out", "gated_out_sum", "router_gram"):
             scale = ref[name].abs().max().item()
             torch.testing.assert_close(getattr(got, name), ref[name], rtol=RTOL, atol=RTOL * scale,
                                        msg=lambda m, n=name, i=index: f"layer {i} {n}: {m}")
@@ -116,7 +120,7 @@ def _assert_matches(observed, reference):
 @pytest.mark.parametrize("family", list(ZOO))
 def test_statistics_equal_brute_force_reference(zoo_dir, family):
     _, model, arch, batch = _setup(zoo_dir, family)
-    with torch.no_grad(), Observer(model, arch, extras={"mean_out", "router_similarity"}) as observer:
+    with torch.no_grad(), Observer(model, arch, extras=EXTRAS) as observer:
         observer.set_mask(batch.attention_mask)
         model(**batch)
     _assert_matches(observer.stats, brute_force(model, arch, batch))
@@ -157,11 +161,11 @@ def test_statistics_do_not_depend_on_batch_size_or_padding(zoo_dir, family):
     extra = tokenizer(TEXTS * 2, return_tensors="pt", padding="max_length",
                       max_length=batch.input_ids.shape[1] + 11)
     reference = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask, batch_size=8,
-                                 extras={"mean_out", "router_similarity"})
+                                 extras=EXTRAS)
     one_by_one = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask, batch_size=1,
-                                  extras={"mean_out", "router_similarity"})
+                                  extras=EXTRAS)
     padded = calibrate_loaded(model, arch, extra.input_ids, extra.attention_mask, batch_size=3,
-                              extras={"mean_out", "router_similarity"})
+                              extras=EXTRAS)
     for index, ref in reference.items():
         for name, tensor in ref.tensors().items():
             _close(one_by_one[index].tensors()[name], tensor, f"batch size 1, layer {index} {name}")
@@ -173,9 +177,9 @@ def test_statistics_do_not_depend_on_batch_size_or_padding(zoo_dir, family):
 def test_sequential_mode_equals_normal_mode(zoo_dir, family):
     path, model, arch, batch = _setup(zoo_dir, family)
     normal = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask, batch_size=2,
-                              extras={"mean_out", "router_similarity"})
+                              extras=EXTRAS)
     sequential = calibrate_sequential(path, batch.input_ids, batch.attention_mask, batch_size=3,
-                                      extras={"mean_out", "router_similarity"})
+                                      extras=EXTRAS)
     assert set(sequential) == set(normal)
     for index, ref in normal.items():
         for name, tensor in ref.tensors().items():
@@ -186,7 +190,7 @@ def test_observer_leaves_model_output_unchanged(zoo_dir):
     _, model, arch, batch = _setup(zoo_dir, "glm4_moe_grouped")
     with torch.no_grad():
         plain = model(**batch).logits
-        with Observer(model, arch, extras={"mean_out", "router_similarity"}) as observer:
+        with Observer(model, arch, extras=EXTRAS) as observer:
             observer.set_mask(batch.attention_mask)
             observed = model(**batch).logits
         after = model(**batch).logits

@@ -5,7 +5,7 @@ receives the router's own `top_k_index` / `top_k_weights`), computes each select
 expert once on its routed tokens, adds the gated result into the block output exactly
 as transformers does, and accumulates the statistics from those same outputs. So the
 routing is the model's (sigmoid, correction bias, groups, renormalisation, scaling),
-and routed-token statistics cost no extra expert compute. Only `mean_out` (HC-SMoE)
+and routed-token statistics (REAM's gated outputs among them) cost no extra expert compute. Only `mean_out` (HC-SMoE)
 runs every expert on every token, and only when asked.
 """
 
@@ -208,3 +208,7 @@ class Observer:
         norms = torch.cat([torch.linalg.vector_norm(f, dim=-1, dtype=torch.promote_types(f.dtype, torch.float32))
                            for _, _, f in outputs.values()]).double()
         sums.add_routed(experts, weights[token, slot].detach().double(), norms, real[token].double())
+        if sums.gated_out_sum is not None:  # REAM: each expert's gated output g_j(x) f_j(x), summed over routed x
+            for j, (token, slot, f) in outputs.items():
+                gate = weights[token, slot].detach().double() * real[token].double()
+                sums.gated_out_sum[j] += gate @ f.double()

@@ -48,6 +48,7 @@ STATISTICS: tuple[Statistic, ...] = (
     Statistic("tokens", (), "real (non-padding) tokens the layer saw"),
     Statistic("mean_out_sum", ("E", "H"), "sum over all real x of f_j(x) (every expert on every token)",
               extra="mean_out"),
+    Statistic("gated_out_sum", ("E", "H"), "sum over routed real x of g_j(x) * f_j(x) (REAM)", extra="gated_out"),
     Statistic("router_gram", ("E", "E"), "sum over real x of logits^T logits", extra="router_similarity"),
     Statistic("router_logit_sum", ("E",), "sum over real x of the router logits", extra="router_similarity"),
 )
