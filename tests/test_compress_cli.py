@@ -24,7 +24,7 @@ from harness.zoo import ZOO
 from tests.conftest import REPO
 
 FIXTURE = REPO / "tests" / "fixtures" / "calibration" / "code_instruct.jsonl"
-METHODS = ["reap", "ean", "frequency", "weighted_frequency", "random", "hc_smoe", "m_smoe"]
+METHODS = ["reap", "ean", "frequency", "weighted_frequency", "random", "hc_smoe", "m_smoe", "ream"]
 RATIOS = [0.25, 0.5]
 
 
@@ -35,7 +35,7 @@ def calibrate(model_dir, out_dir, *, extras: bool = True):
     spec = CalibrationSpec(datasets=[{"source": str(FIXTURE)}], samples=4, length=96)
     batch = build_calibration_batch(spec, AutoTokenizer.from_pretrained(model_dir))
     layers = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask,
-                              extras={"mean_out", "router_similarity"} if extras else ())
+                              extras={"mean_out", "gated_out", "router_similarity"} if extras else ())
     manifest = {"key": f"test-{model_dir.name}-{extras}", "family": arch.model_type, "num_experts": arch.num_experts}
     CalibrationStatistics(layers, manifest).save(out_dir)
     return out_dir

@@ -24,7 +24,7 @@ from harness.methods.super_experts import super_experts
 from harness.plan import Plan
 
 PRUNING = ["reap", "ean", "frequency", "weighted_frequency", "random"]
-MERGING = ["hc_smoe", "m_smoe"]
+MERGING = ["hc_smoe", "m_smoe", "ream"]
 
 
 def _t(values, n: int) -> torch.Tensor:
@@ -558,7 +558,10 @@ def full_stats() -> CalibrationStatistics:
                           (count * gate * norm).tolist(), rng.uniform(0, 5, 8).tolist(),
                           rng.normal(size=(8, 4)).tolist(), rng.normal(size=(20, 8)).tolist())
 
-    return CalibrationStatistics({1: one(), 2: one(), 4: one()})
+    layers = {1: one(), 2: one(), 4: one()}
+    for layer in layers.values():  # REAM's gated outputs
+        layer.gated_out_sum = torch.tensor(rng.normal(size=(8, 4)), dtype=torch.float64)
+    return CalibrationStatistics(layers)
 
 
 @pytest.mark.parametrize("name", PRUNING + MERGING)
@@ -590,6 +593,8 @@ def test_missing_statistics_and_mismatched_experts():
         get_method("reap").plan(plain, 0.5, ExpertConstraints(8, 2))
     assert get_method_class("hc_smoe").needs == {"mean_out"}
     assert get_method_class("m_smoe").needs == {"router_similarity"}
+    with pytest.raises(PlanningError, match="extras including 'gated_out'"):
+        get_method("ream").plan(plain, 0.5, ExpertConstraints(4, 2))
     assert all(get_method_class(n).needs == frozenset() for n in PRUNING)
 
 
@@ -656,7 +661,7 @@ def zoo_stats(zoo_dir):
         batch = AutoTokenizer.from_pretrained(path)(TEXTS, return_tensors="pt", padding=True)
         arch = get_arch(path)
         layers = calibrate_loaded(model, arch, batch.input_ids, batch.attention_mask,
-                                  extras={"mean_out", "router_similarity"})
+                                  extras={"mean_out", "gated_out", "router_similarity"})
         found[family] = (CalibrationStatistics(layers), ExpertConstraints.from_arch(arch))
     return found
 

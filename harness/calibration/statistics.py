@@ -93,6 +93,11 @@ class LayerStatistics:
         return None if self.mean_out_sum is None else self.mean_out_sum / max(self.tokens, 1)
 
     @property
+    def gated_out(self) -> torch.Tensor | None:
+        """REAM's gated output: mean over all real tokens of g_j(x) f_j(x) (g_j = 0 where j was not chosen)."""
+        return None if self.gated_out_sum is None else self.gated_out_sum / max(self.tokens, 1)
+
+    @property
     def router_similarity(self) -> torch.Tensor | None:
         """Cosine similarity between experts' router-logit columns over calibration tokens."""
         if self.router_gram is None:

@@ -84,7 +84,7 @@ def ream_saliency(layer: LayerStatistics, kind: str = "reap") -> list[float]:
 
 def ream_distance(layer: LayerStatistics, gate_similarity: bool = True) -> list[list[float]]:
     """[E, E] distances 1 - similarity between the experts of one layer (module docstring, step 3)."""
-    out = layer.gated_out_sum.double()
+    out = layer.gated_out.double()
     norms = out.norm(dim=1)
     cos = (out @ out.T) / (norms[:, None] * norms[None, :]).clamp(min=1e-300)
     cos = torch.where((norms[:, None] > 0) & (norms[None, :] > 0), cos, 0.0)  # a zero vector: cosine 0
@@ -116,7 +116,7 @@ def pseudo_group(saliency: list[float], distance: list[list[float]], experts: li
         for c in centroids:
             size = 1
             for j in sorted(experts, key=lambda j: (distance[c][j], j)):
-                if size >= group_size:
+                if size > group_size:
                     break
                 if j not in owner:
                     owner[j] = c
