@@ -116,7 +116,7 @@ def pseudo_group(saliency: list[float], distance: list[list[float]], experts: li
         for c in centroids:
             size = 1
             for j in sorted(experts, key=lambda j: (distance[c][j], j)):
-                if size > group_size:
+                if size >= group_size:
                     break
                 if j not in owner:
                     owner[j] = c
