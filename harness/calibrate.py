@@ -1,7 +1,7 @@
 """Calibrate one model outside a sweep: record its routing statistics.
 
     python -m harness.calibrate MODEL --data FILE_OR_HF_NAME [--data ...] \\
-        --samples N --length L --out DIR [--mean-out] [--router-similarity] [--sequential] \\
+        --samples N --length L --out DIR [--mean-out] [--router-similarity] [--gated-out] [--sequential] \\
         [--device auto|cpu|cuda|cuda:N] [--dtype auto|bfloat16|float32|float16]
 
 MODEL is a local checkpoint directory or a Hugging Face id (resolved to its commit, through
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mean-out", action="store_true", help="also mean expert output over all tokens "
                         "(HC-SMoE; runs every expert on every token)")
     parser.add_argument("--router-similarity", action="store_true", help="also router-logit similarity (M-SMoE)")
+    parser.add_argument("--gated-out", action="store_true", help="also the experts' summed gated outputs (REAM)")
     parser.add_argument("--sequential", action="store_true",
                         help="one decoder layer in memory at a time (models larger than memory)")
     parser.add_argument("--device", default="auto", help="auto (every visible GPU, else CPU), cpu, cuda, cuda:N")
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Data problems surface while tokenising, before the model is loaded.
         extras = {name for name, wanted in (("mean_out", args.mean_out),
-                                            ("router_similarity", args.router_similarity)) if wanted}
+                                            ("router_similarity", args.router_similarity),
+                                            ("gated_out", args.gated_out)) if wanted}
         _, out_dir = stored_calibration(Store(args.out), source, spec, extras=extras, dtype=args.dtype,
                                         sequential=args.sequential, batch_size=args.batch_size, progress=True,
                                         force=args.force)

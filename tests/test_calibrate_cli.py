@@ -35,13 +35,13 @@ def test_cli_writes_statistics_keyed_by_content(zoo_dir, tmp_path, capsys):
     assert (key_dir / "statistics.safetensors").stat().st_mtime_ns == first
 
     # An optional statistic changes the key; its routed statistics agree with the first run.
-    assert _run(model, tmp_path, "--batch-size", "3", "--router-similarity", "--sequential") == 0
+    assert _run(model, tmp_path, "--batch-size", "3", "--router-similarity", "--gated-out", "--sequential") == 0
     dirs = sorted(p for p in (tmp_path / "calibration").iterdir() if p.is_dir())
     assert len(dirs) == 2
     other = CalibrationStatistics.load(next(d for d in dirs if d != key_dir))
     for index, layer in stats.layers.items():
         torch.testing.assert_close(other.layers[index].reap_sum, layer.reap_sum, rtol=1e-6, atol=0)
-        assert other.layers[index].router_gram is not None
+        assert other.layers[index].router_gram is not None and other.layers[index].gated_out_sum is not None
     assert "counts:" in capsys.readouterr().out
 
 
