@@ -307,6 +307,11 @@ def validate(cfg: SweepConfig) -> list[str]:
     for ratio in cfg.ratios:
         if not 0 < ratio < 1:
             problems.append(f"ratios: {ratio} is outside (0, 1)")
+    for dup in sorted({r for r in cfg.ratios if cfg.ratios.count(r) > 1}):
+        problems.append(f"ratios: {dup:g} appears {cfg.ratios.count(dup)} times; list each ratio once")
+    problems += _task_duplicates(cfg.tasks)
+    problems += _directory_problems(cfg)
+    problems += _judge_key_problems(cfg)
     if cfg.methods and not cfg.ratios:
         problems.append("ratios: methods are given but no ratios")
     if not cfg.methods and not cfg.baseline:
@@ -360,6 +365,75 @@ def validate(cfg: SweepConfig) -> list[str]:
         ctx = TaskContext(endpoint=placeholder, data_dir=data_dir, judge=judge)
         problems += task.check_ready(ctx)
     return problems
+
+
+def _task_duplicates(tasks: list[TaskSpec]) -> list[str]:
+    """A task named twice, directly or through a category (`math` and `gsm8k`): which entry's limit and options
+    would apply is a guess, so the file must say it once."""
+    from harness.tasks import UnknownTaskError, expand
+
+    given_by: dict[str, list[str]] = {}
+    for spec in tasks:
+        try:
+            names = expand([spec.name])
+        except UnknownTaskError:
+            names = [spec.name]
+        for name in names:
+            given_by.setdefault(name, []).append(spec.name)
+    problems = []
+    for name, entries in given_by.items():
+        if len(entries) > 1:
+            how = "" if set(entries) == {name} else f" (by {', '.join(repr(e) for e in entries)})"
+            problems.append(f"tasks: {name!r} is listed {len(entries)} times{how}; list each task once")
+    return problems
+
+
+def _directory_problems(cfg: SweepConfig) -> list[str]:
+    """The work and results directories must exist or be creatable: found here, not as a traceback after
+    calibration. Nothing is created; the nearest existing folder above each must be a writable directory."""
+    import os
+
+    problems = []
+    for field_name, path in (("work_dir", cfg.work_path), ("results_dir", cfg.results_path)):
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing == path and path.is_dir():
+            if not os.access(path, os.W_OK | os.X_OK):
+                problems.append(f"{field_name}: {path} is not writable; give `{field_name}:` a folder you can "
+                                "write, or change its permissions")
+            continue
+        if not existing.is_dir():
+            problems.append(f"{field_name}: cannot create {path}: {existing} exists and is not a directory; "
+                            f"set `{field_name}:` to another path")
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problems.append(f"{field_name}: cannot create {path}: {existing} is not writable (permission denied or "
+                            f"a read-only filesystem); set `{field_name}:` to a folder you can write")
+    return problems
+
+
+def _judge_key_problems(cfg: SweepConfig) -> list[str]:
+    """A judged task whose judge reads its key from an unset variable would fail only after calibration,
+    compression and serving; say so now."""
+    import os
+
+    judge = cfg.judge
+    if judge is None or judge.serve or not judge.api_key_env or os.environ.get(judge.api_key_env):
+        return []
+    judged = [spec.name for spec in expand_task_names(cfg.tasks) if _needs_judge(spec.name)]
+    if not judged:
+        return []
+    return [f"judge.api_key_env: environment variable {judge.api_key_env} is not set, but {', '.join(judged)} "
+            f"need(s) the judge at {judge.base_url}; export {judge.api_key_env}=<key> before running"]
+
+
+def _needs_judge(task: str) -> bool:
+    from harness.tasks import UnknownTaskError, get_task_class
+
+    try:
+        return bool(get_task_class(task).needs_judge)
+    except (UnknownTaskError, ImportError):
+        return False
 
 
 def read_sweep_file(path: str | Path) -> dict[str, Any]:

@@ -55,6 +55,14 @@ def dry_run(cfg: SweepConfig, store: Store, grid: Grid) -> None:
     print(f"\ntasks: {', '.join(t.name + (f' (limit {t.limit})' if t.limit else '') for t in tasks)}")
 
 
+def preflight(cfg: SweepConfig, grid: Grid, store: Store, force: Sequence[str] = ()) -> list[str]:
+    """What would stop the sweep after heavy work, checked before it (harness.preflight), for the stages still
+    to do."""
+    from harness.preflight import judge_problems
+
+    return judge_problems(cfg, grid, store, force)
+
+
 def run(cfg: SweepConfig, *, filters: Filters | None = None, force: Sequence[str] = (), dry: bool = False,
         progress: bool = True, until: str = "eval", executor: str | None = None,
         ray_address: str | None = None) -> int:
@@ -66,6 +74,11 @@ def run(cfg: SweepConfig, *, filters: Filters | None = None, force: Sequence[str
 
     store = Store(cfg.work_path)
     grid = build_grid(cfg, filters or Filters())
+    problems = preflight(cfg, grid, store, force)
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        print(f"error: {cfg.name}: {len(problems)} problem(s) found before any work:\n{listing}", file=sys.stderr)
+        return 2
     if dry:
         dry_run(cfg, store, grid)
         return 0
