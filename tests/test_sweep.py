@@ -164,3 +164,51 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, tiny_model):
     assert noop.returncode == 0
     assert len(Store(work).events("computed")) == 1 + 1 + 1 + 4, "the finished sweep did work again"
     assert elapsed < 10, f"a finished sweep took {elapsed:.1f} s to re-run"
+
+
+def test_a_checkpoint_that_does_not_fit_fails_alone_and_writes_nothing(tmp_path, tiny_model, monkeypatch):
+    """Disk preflight (issue 26): with the free space faked between the sizes of the 50 % and the 25 %
+    checkpoints, the 25 % job fails at once naming bytes needed and free and the retention option, leaves no
+    partial directory, and the 50 % checkpoint is written; with the real free space, the 25 % checkpoint's
+    written bytes match the bytes the failure named (within 1 %: recipe.json is estimated)."""
+    import harness.preflight
+    from harness.costs import ModelShape, checkpoint_cost, directory_bytes, nominal_plan
+    from harness.inventory import moe_layer_indices
+    from harness.sweep import main
+
+    shape = ModelShape.from_dir(tiny_model)
+    layers = moe_layer_indices(shape.text_config)
+    big, small = (checkpoint_cost(shape, nominal_plan(shape.config, layers, r, "prune")).total for r in (0.25, 0.5))
+    assert big > small
+    free = (big + small) // 2
+    probed: list[Path] = []
+
+    def fake_free(path):
+        probed.append(Path(path))
+        return free
+
+    monkeypatch.setattr(harness.preflight, "free_bytes", fake_free)
+    sweep = _sweep_file(tmp_path, "disk", [{"name": "tiny", "path": str(tiny_model), "serving": SERVING}],
+                        methods=["frequency"], ratios=[0.25, 0.5], tasks=[{"name": "gsm8k", "limit": 1}],
+                        baseline=False)
+    assert main([str(sweep), "--no-progress", "--until", "checkpoint"]) == 1
+    work = tmp_path / "work"
+    store = Store(work)
+    assert probed and all(p.parent == work / "checkpoint" for p in probed)
+    failures = store.failures()
+    assert len(failures) == 1 and failures[0]["stage"] == "checkpoint" and "/ 0.25" in failures[0]["job"]
+    error = failures[0]["error"]
+    needed = int(error.split("it needs ")[1].split(" bytes")[0])
+    assert abs(needed - big) < big // 100 and f"has {free} bytes" in error and "checkpoints: evict_after_eval" in error
+    failed_key = failures[0]["key"]
+    assert not (work / "checkpoint" / failed_key).exists(), "the failed job wrote something"
+    assert not [p for p in (work / "checkpoint").iterdir() if p.name.startswith(".")], "a temporary folder is left"
+    done = [e for e in _events(work, "checkpoint")]
+    assert len(done) == 1 and "/ 0.5" in done[0]["job"]
+    assert directory_bytes(work / "checkpoint" / done[0]["key"] / "model") <= free
+
+    monkeypatch.undo()
+    assert main([str(sweep), "--no-progress", "--until", "checkpoint"]) == 0
+    written = directory_bytes(work / "checkpoint" / failed_key / "model")
+    assert abs(written - needed) / written < 0.01, (written, needed)
+    assert not Store(work).failures()

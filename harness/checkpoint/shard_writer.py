@@ -20,37 +20,30 @@ from harness.checkpoint.plan_outputs import OutputPlan
 from harness.checkpoint.shards import DTYPE_NAMES, OpenFiles, ShardReader
 
 
-def write_shards(job: OutputPlan, src: ShardReader, out_dir: Path, progress: bool) -> dict[str, str]:
-    """One output shard per source file that still has tensors; returns the weight map."""
-    from tqdm.auto import tqdm
-
+def shard_layout(job: OutputPlan, src: ShardReader) -> list[tuple[str, list[OutputTensor], dict[str, str]]]:
+    """(file name, outputs in write order, metadata) of every output shard: one per source file that still has
+    tensors. What `write_shards` writes and what `harness.costs` sizes before writing."""
     rank = {path: r for r, path in enumerate(src.files)}
     by_file: dict[Path, list[OutputTensor]] = {}
     for out in job.outputs:
         by_file.setdefault(out.anchor.file, []).append(out)
     files = sorted(by_file, key=rank.__getitem__)
-    weight_map: dict[str, str] = {}
-    computed = _Computed()
-    total = sum(out.nbytes for out in job.outputs)
-    with OpenFiles() as sources, tqdm(total=total, unit="B", unit_scale=True, desc="writing checkpoint",
-                                      disable=not progress, leave=False) as bar:
-        for number, source_file in enumerate(files, 1):
-            outputs = by_file[source_file]
-            # Outputs of one computation next to each other, at the place of its first member.
-            first: dict[Any, int] = {}
-            for out in outputs:
-                if out.cache_key is not None:
-                    first[out.cache_key] = min(first.get(out.cache_key, out.anchor.start), out.anchor.start)
-            outputs.sort(key=lambda o: (first.get(o.cache_key, o.anchor.start), o.anchor.start, o.key))
-            name = f"model-{number:05d}-of-{len(files):05d}.safetensors"
-            metadata = {"format": "pt", **src.metadata.get(source_file, {})}
-            _write_shard(out_dir / name, outputs, metadata, sources, computed, bar.update)
-            weight_map.update({out.key: name for out in outputs})
-    return weight_map
+    layout = []
+    for number, source_file in enumerate(files, 1):
+        outputs = by_file[source_file]
+        # Outputs of one computation next to each other, at the place of its first member.
+        first: dict[Any, int] = {}
+        for out in outputs:
+            if out.cache_key is not None:
+                first[out.cache_key] = min(first.get(out.cache_key, out.anchor.start), out.anchor.start)
+        outputs.sort(key=lambda o: (first.get(o.cache_key, o.anchor.start), o.anchor.start, o.key))
+        name = f"model-{number:05d}-of-{len(files):05d}.safetensors"
+        layout.append((name, outputs, {"format": "pt", **src.metadata.get(source_file, {})}))
+    return layout
 
 
-def _write_shard(path: Path, outputs: list[OutputTensor], metadata: dict[str, str], sources: OpenFiles,
-                 computed: _Computed, advance: Callable[[int], Any]) -> None:
+def shard_header(outputs: list[OutputTensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors header of a shard (padded to 8 bytes) of `outputs` in this order."""
     header: dict[str, Any] = {}
     offset = 0
     for out in outputs:
@@ -58,7 +51,33 @@ def _write_shard(path: Path, outputs: list[OutputTensor], metadata: dict[str, st
         offset += out.nbytes
     header["__metadata__"] = metadata
     blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
+    return blob + b" " * (-len(blob) % 8)
+
+
+def shard_bytes(outputs: list[OutputTensor], metadata: dict[str, str]) -> int:
+    """The size of the shard file: length prefix, header, tensors."""
+    return 8 + len(shard_header(outputs, metadata)) + sum(out.nbytes for out in outputs)
+
+
+def write_shards(job: OutputPlan, src: ShardReader, out_dir: Path, progress: bool) -> dict[str, str]:
+    """One output shard per source file that still has tensors; returns the weight map."""
+    from tqdm.auto import tqdm
+
+    weight_map: dict[str, str] = {}
+    computed = _Computed()
+    total = sum(out.nbytes for out in job.outputs)
+    with OpenFiles() as sources, tqdm(total=total, unit="B", unit_scale=True, desc="writing checkpoint",
+                                      disable=not progress, leave=False) as bar:
+        for name, outputs, metadata in shard_layout(job, src):
+            _write_shard(out_dir / name, outputs, metadata, sources, computed, bar.update)
+            weight_map.update({out.key: name for out in outputs})
+    return weight_map
+
+
+def _write_shard(path: Path, outputs: list[OutputTensor], metadata: dict[str, str], sources: OpenFiles,
+                 computed: _Computed, advance: Callable[[int], Any]) -> None:
+    blob = shard_header(outputs, metadata)
+    offset = sum(out.nbytes for out in outputs)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # minus the umask
     try:
         _write_all(fd, memoryview(len(blob).to_bytes(8, "little") + blob))

@@ -168,7 +168,12 @@ class JobRun:
         with self.logged(stage, key, label):
             out = store.dir(stage, key)
             out.mkdir(parents=True, exist_ok=True)
-            meta = make(out)
+            try:
+                meta = make(out)
+            except BaseException:
+                if out.is_dir() and not any(out.iterdir()):
+                    out.rmdir()  # a stage that failed before writing leaves nothing behind
+                raise
             store.mark_done(stage, key, {**meta, "job": label}, settings=settings)
             store.event("computed", stage=stage, key=key, job=label)
         kill_point(stage)

@@ -15,13 +15,35 @@ def run(job: JobRun) -> bool:
     mj, v, store, cfg = job.model, job.variant, job.store, job.cfg
 
     def make(out: Path) -> dict[str, Any]:
-        info = write_checkpoint(Plan.load(store.dir("plan", v.plan_key) / "plan.json"), mj.source.directory(),
-                                out / "model", materialisation=cfg.materialisation,
+        plan = Plan.load(store.dir("plan", v.plan_key) / "plan.json")
+        disk_preflight(plan, mj.source.directory(), out, cfg.materialisation)
+        info = write_checkpoint(plan, mj.source.directory(), out / "model", materialisation=cfg.materialisation,
                                 recipe_extra={"sweep": cfg.name, "model": mj.model.name, "plan_key": v.plan_key},
                                 progress=job.ctx.progress, overwrite=True)
         return {"total_params": info.total_params, "activated_params": info.activated_params}
 
     return job.produce("checkpoint", v.checkpoint_key, v.label, v.checkpoint_settings, make)
+
+
+class DiskFullError(RuntimeError):
+    """The checkpoint would not fit the free space of its filesystem."""
+
+
+def disk_preflight(plan, source_dir, out, materialisation: str) -> int:
+    """Compare the checkpoint's exact size with the free space where it goes; raises DiskFullError (nothing
+    written) when it does not fit. Returns the size."""
+    from harness import preflight
+    from harness.costs import ModelShape, checkpoint_cost, human
+
+    needed = checkpoint_cost(ModelShape.from_dir(source_dir), plan, materialisation).total
+    free = preflight.free_bytes(out)
+    if needed > free:
+        raise DiskFullError(
+            f"not enough disk for this checkpoint: it needs {needed} bytes ({human(needed)}), the filesystem of "
+            f"{out.parent} has {free} bytes ({human(free)}) free. Nothing was written. Free some space, point "
+            f"work_dir at a larger filesystem, or set `checkpoints: evict_after_eval` in the sweep file so each "
+            f"checkpoint is deleted once its evaluations are done")
+    return needed
 
 
 def run_params(job: JobRun) -> bool:
