@@ -64,6 +64,36 @@ class Store:
         write_json(self.dir(stage, key) / "done.json", record)
         self.clear_failure(stage, key)
 
+    # -- retention (`checkpoints: evict_after_eval`) --------------------------------------------
+    def is_evicted(self, stage: str, key: str) -> bool:
+        """Done once, its files since deleted to save disk (the done record and settings stay)."""
+        return (self.dir(stage, key) / "evicted.json").is_file()
+
+    def is_available(self, stage: str, key: str) -> bool:
+        """Done and its files present."""
+        return self.is_done(stage, key) and not self.is_evicted(stage, key)
+
+    def evict(self, stage: str, key: str, folder: str = "model", **meta: Any) -> int:
+        """Delete a done output's files (`folder` under its directory), keeping its done record: the record of
+        the eviction is written first, so a kill half-way leaves an output marked evicted, never one that
+        looks whole. Returns the bytes freed."""
+        target = self.dir(stage, key) / folder
+        files = {str(p.relative_to(target)): p.stat().st_size for p in sorted(target.rglob("*")) if p.is_file()} \
+            if target.is_dir() else {}
+        freed = sum(files.values())
+        write_json(self.dir(stage, key) / "evicted.json", {"stage": stage, "key": key, "time": time.time(),
+                                                           "bytes": freed, "files": files, **meta})
+        shutil.rmtree(target, ignore_errors=True)
+        self.event("evicted", stage=stage, key=key, bytes=freed, **meta)
+        return freed
+
+    def eviction(self, stage: str, key: str) -> dict[str, Any]:
+        return json.loads((self.dir(stage, key) / "evicted.json").read_text())
+
+    def restored(self, stage: str, key: str) -> None:
+        """The output was written again: it is no longer evicted."""
+        (self.dir(stage, key) / "evicted.json").unlink(missing_ok=True)
+
     def done_meta(self, stage: str, key: str) -> dict[str, Any]:
         return json.loads((self.dir(stage, key) / "done.json").read_text())
 
@@ -147,6 +177,8 @@ class Store:
                 stage, key = stage_dir.name, key_dir.name
                 meta = self.done_meta(stage, key) if self.is_done(stage, key) else {}
                 status = "done" if meta else "failed" if (stage, key) in failed else "incomplete"
+                if meta and self.is_evicted(stage, key):
+                    status = "evicted"
                 rows.append({"stage": stage, "key": key, "status": status, "job": meta.get("job", ""),
                              "settings": meta.get("settings")})
         return rows
@@ -183,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['stage']:<12} {row['key']:<20} {row['status']:<10} {row['job'] or '-':<40} "
                   f"{_describe(row['settings'])}")
     if not args.json:
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "incomplete")}
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "evicted", "failed", "incomplete")}
         print(f"{len(rows)} output(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0
 

@@ -31,7 +31,7 @@ from harness.store import Store
 log = logging.getLogger("harness.sweep")
 
 
-def dry_run(cfg: SweepConfig, store: Store, grid: Grid) -> None:
+def dry_run(cfg: SweepConfig, store: Store, grid: Grid, estimate=None) -> None:
     def mark(done: bool) -> str:
         return "cached" if done else "to do"
 
@@ -53,14 +53,21 @@ def dry_run(cfg: SweepConfig, store: Store, grid: Grid) -> None:
             stages.append(f"eval {done}/{len(v.eval_keys)} cached")
             print(f"  {v.method_name:<20} {v.ratio:<5g} " + ", ".join(stages))
     print(f"\ntasks: {', '.join(t.name + (f' (limit {t.limit})' if t.limit else '') for t in tasks)}")
+    if estimate is not None:
+        from harness.costs import format_estimate
+
+        print("\n".join(format_estimate(estimate)))
 
 
-def preflight(cfg: SweepConfig, grid: Grid, store: Store, force: Sequence[str] = ()) -> list[str]:
+def preflight(cfg: SweepConfig, grid: Grid, store: Store, estimate, force: Sequence[str] = ()) -> list[str]:
     """What would stop the sweep after heavy work, checked before it (harness.preflight), for the stages still
-    to do."""
-    from harness.preflight import judge_problems
+    to do: the judge, tensor parallelism, GPU memory for serving and calibration."""
+    from harness.preflight import judge_problems, serving_problems
 
-    return judge_problems(cfg, grid, store, force)
+    problems = judge_problems(cfg, grid, store, force)
+    if estimate is not None:
+        problems += serving_problems(cfg, grid, store, estimate, force)
+    return problems
 
 
 def run(cfg: SweepConfig, *, filters: Filters | None = None, force: Sequence[str] = (), dry: bool = False,
@@ -74,20 +81,25 @@ def run(cfg: SweepConfig, *, filters: Filters | None = None, force: Sequence[str
 
     store = Store(cfg.work_path)
     grid = build_grid(cfg, filters or Filters())
-    problems = preflight(cfg, grid, store, force)
+    jobs = job_graph(cfg, grid, store, until=until, force=force, checkpoint_memory_gb=cfg.ray.checkpoint_memory_gb)
+    estimate = None
+    if dry or jobs:  # a finished sweep re-run needs no estimate (and reads no weights' headers)
+        from harness.costs import estimate_from_grid
+
+        estimate = estimate_from_grid(cfg, grid, store, jobs, tasks=dry)
+    problems = preflight(cfg, grid, store, estimate, force)
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         print(f"error: {cfg.name}: {len(problems)} problem(s) found before any work:\n{listing}", file=sys.stderr)
         return 2
     if dry:
-        dry_run(cfg, store, grid)
+        dry_run(cfg, store, grid, estimate)
         return 0
     orphans = ServerRecords(store.root).reap_orphans()
     if orphans:
         print(f"stopped {orphans} vLLM process(es) left by an interrupted run")
     name = executor or cfg.executor
     options = {"address": ray_address or cfg.ray.address, "max_retries": cfg.ray.max_retries} if name == "ray" else {}
-    jobs = job_graph(cfg, grid, store, until=until, force=force, checkpoint_memory_gb=cfg.ray.checkpoint_memory_gb)
     ctx = StageContext(cfg, grid, frozenset(force), progress)
     started = time.monotonic()
     try:
