@@ -147,6 +147,9 @@ class SweepConfig(Strict):
     # results/<sweep>/report.html (harness.report) at the end of every run: figures, tables, samples
     report: bool = True
     materialisation: str = "shared_slots"
+    # Retention: keep every checkpoint, or delete each once every evaluation of its variant is done (written
+    # again, byte-identical, when a later run needs it: a new task, --force eval). The store records evictions.
+    checkpoints: Literal["keep", "evict_after_eval"] = "keep"
     # Which tasks make up each category score (default: every task of that category that ran).
     category_tasks: dict[str, list[str]] | None = None
     executor: Literal["local", "ray"] = "local"

@@ -208,7 +208,9 @@ def job_graph(cfg: SweepConfig, grid: Grid, store: Store, *, until: str = "eval"
         gpus = mj.model.serving.tensor_parallel_size
         compressed = [(i, v) for i, v in enumerate(mj.variants) if v.method]
         to_write = [(i, v) for i, v in compressed if not store.is_done("checkpoint", v.checkpoint_key)
-                    or {"calibration", "plan", "checkpoint"} & force]
+                    or {"calibration", "plan", "checkpoint"} & force
+                    or (until == "eval" and store.is_evicted("checkpoint", v.checkpoint_key)
+                        and _evals_to_do(v, store, force))]
         calib_id = f"calibration:{mj.calibration_key}"
         if to_write:
             jobs.append(Job(calib_id, "calibration", mj.calibration_key, mj.model.name, mj.model.name,
@@ -234,3 +236,8 @@ def job_graph(cfg: SweepConfig, grid: Grid, store: Store, *, until: str = "eval"
             jobs.append(Job(f"eval:{v.variant_id}", "eval", v.variant_id, v.label, mj.model.name, i, deps,
                             Resources(num_gpus=gpus)))
     return jobs
+
+
+def _evals_to_do(v: Variant, store: Store, force: set[str]) -> bool:
+    """Whether the variant still has an evaluation to run (an evicted checkpoint is written again only then)."""
+    return "eval" in force or any(not store.is_done("eval", k) for k in v.eval_keys.values())

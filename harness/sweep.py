@@ -47,7 +47,9 @@ def dry_run(cfg: SweepConfig, store: Store, grid: Grid, estimate=None) -> None:
         for v in mj.variants:
             stages = []
             if v.method:
+                evicted = store.is_evicted("checkpoint", v.checkpoint_key)
                 stages += [f"plan {mark(store.is_done('plan', v.plan_key))}",
+                           "checkpoint evicted" if evicted else
                            f"checkpoint {mark(store.is_done('checkpoint', v.checkpoint_key))}"]
             done = sum(store.is_done("eval", k) for k in v.eval_keys.values())
             stages.append(f"eval {done}/{len(v.eval_keys)} cached")
@@ -104,6 +106,12 @@ def run(cfg: SweepConfig, *, filters: Filters | None = None, force: Sequence[str
     started = time.monotonic()
     try:
         graph = get_executor(name, **options).run(jobs, ctx)
+        if cfg.checkpoints == "evict_after_eval":  # also variants evaluated before the option was set
+            from harness.stages.checkpoint import evict_if_evaluated
+
+            for mj in grid.models:
+                for v in mj.variants:
+                    evict_if_evaluated(ctx, mj, v)
     finally:
         ctx.close()
     table, sample_table = collect_results(cfg, store, grid)

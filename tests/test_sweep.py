@@ -212,3 +212,66 @@ def test_a_checkpoint_that_does_not_fit_fails_alone_and_writes_nothing(tmp_path,
     written = directory_bytes(work / "checkpoint" / failed_key / "model")
     assert abs(written - needed) / written < 0.01, (written, needed)
     assert not Store(work).failures()
+
+
+def _tree_sha256(folder: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.timeout(3600)  # two vLLM start-ups
+def test_evict_after_eval_leaves_no_checkpoint_and_rewrites_it_identically(tmp_path, tiny_model, monkeypatch,
+                                                                          capsys):
+    """Retention (issue 26): with `checkpoints: evict_after_eval` the checkpoint is deleted once its variant's
+    evaluations are done (the store records it, `harness.store ls` shows it); adding a task writes it again
+    with the same bytes (sha256 of every file, taken just before each eviction) and evaluates it."""
+    from harness.store import main as store_main
+    from harness.sweep import main
+
+    checksums: list[str] = []
+    real_evict = Store.evict
+
+    def spying_evict(self, stage, key, folder="model", **meta):
+        if stage == "checkpoint":
+            checksums.append(_tree_sha256(self.dir(stage, key) / folder))
+        return real_evict(self, stage, key, folder, **meta)
+
+    monkeypatch.setattr(Store, "evict", spying_evict)
+    models = [{"name": "tiny", "path": str(tiny_model), "serving": SERVING}]
+    sweep = _sweep_file(tmp_path, "evict", models, methods=["frequency"], ratios=[0.5], baseline=False,
+                        tasks=[{"name": "gsm8k", "limit": 1}])
+    body = yaml.safe_load(sweep.read_text())
+    body["checkpoints"] = "evict_after_eval"
+    sweep.write_text(yaml.safe_dump(body, sort_keys=False))
+    work = tmp_path / "work"
+
+    assert main([str(sweep), "--no-progress"]) == 0, capsys.readouterr()
+    store = Store(work)
+    [key] = [e["key"] for e in _events(work, "checkpoint")]
+    assert store.is_done("checkpoint", key) and store.is_evicted("checkpoint", key)
+    assert not (work / "checkpoint" / key / "model").exists(), "a checkpoint was left behind"
+    assert not list((work / "checkpoint").rglob("*.safetensors"))
+    assert store.eviction("checkpoint", key)["bytes"] > 0 and len(checksums) == 1
+    capsys.readouterr()
+    assert store_main(["ls", str(work), "--stage", "checkpoint"]) == 0
+    listed = capsys.readouterr().out
+    assert f"checkpoint   {key} evicted" in listed and "1 evicted" in listed
+    assert main([str(sweep), "--dry-run", "--no-progress"]) == 0
+    assert "checkpoint evicted" in capsys.readouterr().out
+
+    # A new task: the checkpoint is written again (the calibration and plan are reused), evaluated, evicted.
+    body["tasks"].append({"name": "math500", "limit": 1})
+    sweep.write_text(yaml.safe_dump(body, sort_keys=False))
+    assert main([str(sweep), "--no-progress"]) == 0, capsys.readouterr()
+    assert len(_events(work, "checkpoint")) == 2 and len(_events(work, "calibration")) == 1
+    assert len(_events(work, "plan")) == 1
+    assert [e["key"] for e in Store(work).events("restored")] == [key]
+    assert len(checksums) == 2 and checksums[0] == checksums[1], "the re-materialised checkpoint differs"
+    assert {e["job"].rsplit(" / ", 1)[1] for e in _events(work, "eval")} == {"gsm8k", "math500"}
+    assert not (work / "checkpoint" / key / "model").exists()
+    table = pd.read_parquet(tmp_path / "results" / "results.parquet")
+    assert {"gsm8k", "math500"} <= set(table["task"])

@@ -158,11 +158,11 @@ class JobRun:
         return True
 
     def produce(self, stage: str, key: str, label: str, settings: dict[str, Any],
-                make: Callable[[Path], dict[str, Any]]) -> bool:
+                make: Callable[[Path], dict[str, Any]], *, redo: bool = False) -> bool:
         """The shared shape of every stage: skip when done (and not forced); otherwise, under a log,
         `make(output_dir)` writes the output and returns what the done record adds; then the done
-        record, the event and the test kill point. Raises StageFailed (recorded) when `make` raises."""
-        if not self.to_compute(stage, key):
+        record, the event and the test kill point. `redo` makes a done output again (an evicted checkpoint). Raises StageFailed (recorded) when `make` raises."""
+        if not self.to_compute(stage, key) and not redo:
             return False
         store = self.store
         with self.logged(stage, key, label):

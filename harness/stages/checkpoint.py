@@ -13,6 +13,7 @@ def run(job: JobRun) -> bool:
     from harness.plan import Plan
 
     mj, v, store, cfg = job.model, job.variant, job.store, job.cfg
+    evicted = store.is_evicted("checkpoint", v.checkpoint_key)
 
     def make(out: Path) -> dict[str, Any]:
         plan = Plan.load(store.dir("plan", v.plan_key) / "plan.json")
@@ -20,9 +21,12 @@ def run(job: JobRun) -> bool:
         info = write_checkpoint(plan, mj.source.directory(), out / "model", materialisation=cfg.materialisation,
                                 recipe_extra={"sweep": cfg.name, "model": mj.model.name, "plan_key": v.plan_key},
                                 progress=job.ctx.progress, overwrite=True)
+        if evicted:  # written again for a later evaluation (retention: evict_after_eval)
+            store.restored("checkpoint", v.checkpoint_key)
+            store.event("restored", stage="checkpoint", key=v.checkpoint_key, job=v.label)
         return {"total_params": info.total_params, "activated_params": info.activated_params}
 
-    return job.produce("checkpoint", v.checkpoint_key, v.label, v.checkpoint_settings, make)
+    return job.produce("checkpoint", v.checkpoint_key, v.label, v.checkpoint_settings, make, redo=evicted)
 
 
 class DiskFullError(RuntimeError):
@@ -44,6 +48,23 @@ def disk_preflight(plan, source_dir, out, materialisation: str) -> int:
             f"work_dir at a larger filesystem, or set `checkpoints: evict_after_eval` in the sweep file so each "
             f"checkpoint is deleted once its evaluations are done")
     return needed
+
+
+def evict_if_evaluated(ctx, mj, v) -> None:
+    """Retention `evict_after_eval`: delete a compressed variant's checkpoint (and its dequantised serving copy)
+    once every evaluation of the variant is done; the store keeps the done records and records the eviction."""
+    store = ctx.store
+    if ctx.cfg.checkpoints != "evict_after_eval" or v.method is None:
+        return
+    if not all(store.is_done("eval", k) for k in v.eval_keys.values()):
+        return
+    from harness.store import stage_key
+
+    for stage, key in (("checkpoint", v.checkpoint_key),
+                       ("dequantised", stage_key("dequantised", {"model": v.checkpoint_key}))):
+        if store.is_available(stage, key):
+            with store.claim(stage, key, wait=True):
+                store.evict(stage, key, reason="evict_after_eval", job=v.label)
 
 
 def run_params(job: JobRun) -> bool:

@@ -27,9 +27,10 @@ def _model_dir(job: JobRun) -> Path | None:
         with contextlib.suppress(StageFailed), job.logged("source", v.variant_id, v.label):
             return mj.source.directory()
         return None
-    if store.is_done("checkpoint", v.checkpoint_key):
+    if store.is_available("checkpoint", v.checkpoint_key):
         return store.dir("checkpoint", v.checkpoint_key) / "model"
-    job.fail(f"eval {v.label}: skipped (no checkpoint)")
+    why = "evicted" if store.is_evicted("checkpoint", v.checkpoint_key) else "no checkpoint"
+    job.fail(f"eval {v.label}: skipped ({why})")
     return None
 
 
@@ -46,8 +47,9 @@ def dequantised(job: JobRun, model_dir: Path) -> Path:
     key = stage_key("dequantised", {"model": of})
     out = store.dir("dequantised", key) / "model"
     with store.claim("dequantised", key, wait=True):
-        if not store.is_done("dequantised", key):
+        if not store.is_available("dequantised", key):
             dequantised_copy(model_dir, out)
+            store.restored("dequantised", key)
             store.mark_done("dequantised", key, {"job": v.label}, settings={"model": of})
     return out
 
@@ -122,6 +124,9 @@ def run(job: JobRun) -> bool:
         for spec in missing:
             with contextlib.suppress(StageFailed):
                 _evaluate_task(job, spec, server)
+    from harness.stages.checkpoint import evict_if_evaluated
+
+    evict_if_evaluated(job.ctx, job.model, v)
     return True
 
 
