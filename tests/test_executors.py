@@ -212,7 +212,10 @@ def test_done_records_describe_themselves_and_a_task_version_recomputes_that_tas
         [sys.executable, "-m", "harness.store", "ls", str(reference / "work"), "--stage", "eval", "--json"],
         cwd=REPO, capture_output=True, text=True, timeout=120).stdout.splitlines()]
     assert len(rows) == 4 and {r["settings"]["task"] for r in rows} == {"gsm8k", "math500"}
-    assert all(r["settings"]["task_version"] == "1" for r in rows)
+    from harness.tasks.math import Math500
+
+    assert all(r["settings"]["task_version"] == {"gsm8k": GSM8K.version, "math500": Math500.version}[
+        r["settings"]["task"]] for r in rows)
     assert store_cli.main(["ls", str(tmp_path / "nope")]) == 2
 
     import shutil
@@ -222,7 +225,7 @@ def test_done_records_describe_themselves_and_a_task_version_recomputes_that_tas
     monkeypatch.chdir(REPO)
     cfg = load_sweep(sweep)
     before = build_grid(cfg)
-    monkeypatch.setattr(GSM8K, "version", "2")  # its prompt or scorer changed
+    monkeypatch.setattr(GSM8K, "version", GSM8K.version + ".next")  # its prompt or scorer changed
     after = build_grid(cfg)
     for v_before, v_after in zip(before.models[0].variants, after.models[0].variants, strict=True):
         assert v_before.eval_keys["gsm8k"] != v_after.eval_keys["gsm8k"]

@@ -51,12 +51,47 @@ def _derangement(n: int, seed: int) -> list[int]:
     ("#### 1,234", "1234", "hashes"),
     ("12 apples, so The answer is 72.", "72", "answer_is"),
     ("the answer is: $\\frac{3}{4}$.", "\\frac{3}{4}", "answer_is"),
+    # the answer, not the rest of its line (issue 22)
+    ("The answer is 18 dollars.", "18", "answer_is"),
+    ("The answer is 18. (I checked it 2 ways.)", "18", "answer_is"),
+    ("The answer is 18, which is what she has left.", "18", "answer_is"),
+    ("The answer is $18.", "18", "answer_is"),
+    ("The answer is \\$1,000 in total.", "1000", "answer_is"),
+    ("The answer is 5 m.", "5", "answer_is"),
+    ("The answer is $18 \\text{ dollars}$.", "18 \\text{ dollars}", "answer_is"),
+    ("The answer is (3, 4).", "(3, 4)", "answer_is"),
+    ("the answer is 1, -2.", "1, -2", "answer_is"),
+    ("The answer is -3.5, since 2 < 3.", "-3.5", "answer_is"),
+    ("Answer: 12 (approx.)", "12", "answer_is"),
+    ("### Final Answer\n**18**", "18", "answer_is"),
+    ("**Final answer:** 7 apples", "7", "answer_is"),
+    ("#### 18\nShe has 18 dollars left, 2 more than 16.", "18", "hashes"),
+    ("She has 6 + 12 left.\n**18**", "18", "bold"),
+    ("She earns **$18** every day.", "18", "bold"),
+    ("**Step 1: add**\n6 + 12 = 18", "18", "last_number"),  # a heading is not an answer
+    ("**18** eggs\nthen 2 more eggs", "2", "last_number"),  # a number after the bold line
+    ("so x = \\frac{14}{3}", "x = \\frac{14}{3}", "latex_tail"),
+    ("so x = $\\frac{14}{3}$.", "\\frac{14}{3}", "latex_tail"),
+    ("so\n\\[\n\\frac{14}{3}\n\\]", "\\frac{14}{3}", "latex_tail"),
+    ("the ratio is 14/3", "14/3", "latex_tail"),
     ("3 + 4 = 7, then 7 * 2 = 14 apples", "14", "last_number"),
     ("we need 1,000 or -2.5", "-2.5", "last_number"),
     ("no idea at all", None, "none"),
 ])
 def test_extract_answer(text, answer, how):
     assert extract_answer(text) == (answer, how)
+
+
+@pytest.mark.parametrize("reply, gold, correct", [
+    ("The answer is 18 dollars.", "18", True), ("The answer is 25 dollars.", "18", False),
+    ("The answer is 18. (I checked it 2 ways.)", "18", True),
+    ("The answer is 18, which is what she has left.", "18", True),
+    ("6 + 12 = 18, so she has\n**18**", "18", True), ("so x = \\frac{14}{3}", "\\frac{14}{3}", True),
+    ("so x = \\frac{14}{3}", "3", False),
+])
+def test_issue_22_replies_score_as_read(reply, gold, correct):
+    (_, _, ok), = score_outputs([reply], [gold])
+    assert ok is correct
 
 
 def test_unbalanced_box_falls_back():
