@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 from importlib.metadata import version
 from pathlib import Path
@@ -193,6 +194,39 @@ def test_hostile_solutions_fail_in_the_scoring_sandbox(problems, cache, tmp_path
     # the same problem's canonical solution still passes (the hostile runs left nothing behind)
     canonical = score_solutions(problems["mbpp"], _canonical(problems["mbpp"], ["Mbpp/793"]), cache)
     assert canonical["Mbpp/793"].plus_pass
+
+
+def _in_thread_pool(problem: dict, workers: int = 8) -> str:
+    """The canonical solution, run by its entry point in a ThreadPoolExecutor (one task per call)."""
+    entry = problem["entry_point"]
+    code = re.sub(rf"\b{entry}\b", f"_{entry}_serial", problem["prompt"] + problem["canonical_solution"])
+    return (f"from concurrent.futures import ThreadPoolExecutor\n\n{code}\n\n"
+            f"def {entry}(*args):\n    with ThreadPoolExecutor(max_workers={workers}) as pool:\n"
+            f"        return pool.submit(_{entry}_serial, *args).result()\n")
+
+
+def test_a_solution_computing_in_a_thread_pool_passes_and_a_fork_is_still_refused(problems, cache):
+    data = problems["humaneval"]
+    ids = ["HumanEval/0", "HumanEval/13"]
+    pooled = score_solutions(data, {t: _in_thread_pool(data.items[t]) for t in ids}, cache, workers=2)
+    assert all(s.base_pass and s.plus_pass for s in pooled.values()), pooled
+    # a pool of 32 workers busy at once (ThreadPoolExecutor's largest default) fits the thread budget
+    entry = data.items["HumanEval/13"]["entry_point"]
+    wide = (f"from concurrent.futures import ThreadPoolExecutor\nimport threading, time\n\n"
+            f"def {entry}(a, b):\n    barrier = threading.Barrier(32, timeout=5)\n"
+            f"    with ThreadPoolExecutor(max_workers=32) as pool:\n"
+            f"        list(pool.map(lambda _: barrier.wait(), range(32)))\n"
+            f"    while b:\n        a, b = b, a % b\n    return a\n")
+    assert score_solutions(data, {"HumanEval/13": wide}, cache)["HumanEval/13"].plus_pass
+    # not unbounded: 200 threads at once are refused, and so is a fork from a thread (past evalplus's guard)
+    many = (f"import threading, time\n\ndef {entry}(a, b):\n"
+            f"    threads = [threading.Thread(target=time.sleep, args=(0.5,)) for _ in range(200)]\n"
+            f"    for t in threads:\n        t.start()\n    return 1\n")
+    assert not score_solutions(data, {"HumanEval/13": many}, cache)["HumanEval/13"].base_pass
+    forking = (f"import posix\nfrom concurrent.futures import ThreadPoolExecutor\n\ndef {entry}(a, b):\n"
+               f"    with ThreadPoolExecutor(2) as pool:\n        pool.submit(posix.fork).result()\n    return 1\n")
+    forked = score_solutions(data, {"HumanEval/13": forking}, cache)["HumanEval/13"]
+    assert not forked.base_pass and forked.base.sandbox_failure.startswith("forbidden: process creation (os.fork)")
 
 
 # -- served end to end -------------------------------------------------------------------------------

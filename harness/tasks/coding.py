@@ -2,14 +2,17 @@
 
 Generation follows evalplus's OpenAI-chat backend (`evalplus.codegen` + `provider/openai`):
 a system message, then evalplus's instruction followed by the problem prompt in a
-```python block; the answer is the model's whole reply, reduced by a re-implementation of
-`evalplus.sanitize` (longest span of lines that parses, then the imports and the
-definitions the entry point reaches). Scoring is evalplus's own per-test checker
+```python block; the answer is the model's whole reply, reduced by `evalplus.sanitize` itself
+(longest span of lines that parses, then tree-sitter keeps the imports and the definitions
+the entry point reaches; only its span search is swapped for `extract_code`, which picks
+the same span without evalplus's cubic cost). Scoring is evalplus's own per-test checker
 (`evalplus.eval.unsafe_execute`: its special oracles, float tolerance, per-input time
 limits = max(1 s, 4 x the canonical solution's time), 4 GiB memory guard), called inside
 `harness.sandbox.run_python` rather than in evalplus's forked child, because evalplus's own
 `reliability_guard` leaves the network open and the filesystem writable. Each
-(solution, base|plus) pair is one sandboxed process, as in evalplus.
+(solution, base|plus) pair is one sandboxed process, as in evalplus; it may start up to
+`CHECKER_THREADS` threads (a thread pool), within the memory and CPU-time limits of the
+whole process, but no process.
 
 Ground truth (outputs and timings of the canonical solutions) is computed in the sandbox
 too, once per problem, and cached under the task's work dir by the dataset's md5 (the
@@ -20,6 +23,7 @@ those passing base and plus tests (evalplus's definition). Task score = mean of 
 from __future__ import annotations
 
 import ast
+import functools
 import gzip
 import hashlib
 import json
@@ -28,7 +32,7 @@ import pickle
 import re
 import secrets
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +53,9 @@ MIN_TIME_LIMIT_S = 1.0
 GT_TIME_LIMIT_FACTOR = 4.0
 MEMORY_MB = 4096  # evalplus's EVALPLUS_MAX_MEMORY_BYTES default
 TASK_TIMEOUT_CAP_S = 60.0  # evalplus's EVALPLUS_TIMEOUT_PER_TASK default
+# Threads a solution may start (a ThreadPoolExecutor's default is at most 32 workers); the memory and
+# CPU-time limits cover the whole process, threads included; fork and exec stay refused.
+CHECKER_THREADS = 64
 STARTUP_ALLOWANCE_S = 5.0  # interpreter + numpy/evalplus import + unpickling, on a loaded machine
 PASS, FAIL, TIMEOUT = "pass", "fail", "timeout"
 _STATUS = {0: PASS, 1: FAIL, 2: TIMEOUT}  # evalplus's _SUCCESS/_FAILED/_TIMEOUT; _UNKNOWN (3) -> timeout
@@ -162,115 +169,40 @@ def extract_code(text: str) -> str:
     return "\n".join(lines[:1])
 
 
-def _identifiers(node: ast.AST) -> set[str]:
-    """Every identifier token in a definition (what tree-sitter's `identifier` nodes are)."""
-    found: set[str] = set()
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.Name):
-            found.add(sub.id)
-        elif isinstance(sub, ast.Attribute):
-            found.add(sub.attr)
-        elif isinstance(sub, ast.arg):
-            found.add(sub.arg)
-        elif isinstance(sub, ast.keyword) and sub.arg:
-            found.add(sub.arg)
-        elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            found.add(sub.name)
-        elif isinstance(sub, ast.alias):
-            found.update(sub.name.split("."))
-            if sub.asname:
-                found.add(sub.asname)
-        elif isinstance(sub, ast.ImportFrom) and sub.module:
-            found.update(sub.module.split("."))
-        elif isinstance(sub, (ast.Global, ast.Nonlocal)):
-            found.update(sub.names)
-        elif isinstance(sub, ast.ExceptHandler) and sub.name:
-            found.add(sub.name)
-        elif isinstance(sub, (ast.MatchAs, ast.MatchStar)) and sub.name:
-            found.add(sub.name)
-    return found
+@functools.lru_cache(maxsize=1)
+def _evalplus_sanitize() -> Callable[[str, str | None], str]:
+    """evalplus.sanitize.sanitize itself, run with `extract_code` in place of its `code_extract`.
 
+    evalplus's `code_extract` parses every span of lines (cubic in the reply's length: 4.7 s
+    for a 200-line reply, minutes for a 2048-token degenerate one); `extract_code` makes the
+    same choice. The functions are evalplus's own code objects, bound to a copy of their module's
+    namespace: nothing of evalplus is patched, and what it keeps (tree-sitter's view of
+    imports, definitions and their dependencies) is exactly what evalplus keeps.
+    """
+    import types
 
-def _assignment_name(node: ast.Assign | ast.AnnAssign) -> str | None:
-    """The first identifier among the assignment's direct parts, as evalplus picks it."""
-    if isinstance(node, ast.Assign):
-        first = node.targets[0]
-        if isinstance(first, ast.Name):
-            return first.id
-        return node.value.id if len(node.targets) == 1 and isinstance(node.value, ast.Name) else None
-    if isinstance(node.target, ast.Name):
-        return node.target.id
-    return node.value.id if isinstance(node.value, ast.Name) else None
+    from evalplus import sanitize as module
 
-
-def _segment(code: str, lines: list[str], node: ast.stmt) -> str:
-    """The node's source; a def/class also takes the comments that end its block (as tree-sitter does)."""
-    text = ast.get_source_segment(code, node) or ""
-    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.end_lineno is None:
-        return text
-    last = node.end_lineno - 1
-    rest = lines[last].encode()[node.end_col_offset:].decode(errors="replace")
-    extra = rest.rstrip() if rest.strip().startswith("#") else ""
-    pending = []
-    for line in lines[last + 1:]:
-        if not line.strip():
-            pending.append(line)
-        elif line.lstrip().startswith("#") and len(line) - len(line.lstrip()) >= node.body[0].col_offset:
-            extra += "\n".join(["", *pending, line.rstrip()])
-            pending = []
-        else:
-            break
-    return text + extra
+    namespace = dict(vars(module))
+    namespace["code_extract"] = extract_code
+    for name in ("extract_target_code_or_empty", "sanitize"):
+        original = getattr(module, name)
+        namespace[name] = types.FunctionType(original.__code__, namespace, name, original.__defaults__)
+    return namespace["sanitize"]
 
 
 def sanitize(text: str, entry_point: str | None) -> str:
-    """The code evalplus would run for a chat reply: imports + definitions reachable from `entry_point`.
+    """The code evalplus would run for a chat reply: `evalplus.sanitize.sanitize(text, entry_point)`.
 
-    Mirrors evalplus.sanitize: top-level imports are kept; of classes, functions that
-    contain a return, and plain assignments, the first of each name is kept when the entry
-    point reaches it by name; decorated definitions are dropped (as evalplus does). When
-    nothing is kept, the extracted span is returned as it is.
+    Its imports and the definitions the entry point reaches, from the longest span of the
+    reply that parses (the span itself when none is kept). A reply that breaks evalplus's
+    parsing (a null byte, nesting deeper than the recursion limit: evalplus would crash) is
+    reduced to that span.
     """
-    code = extract_code(text)
     try:
-        tree = ast.parse(code)
-    except (SyntaxError, MemoryError, ValueError, RecursionError):
-        return code
-    imports: list[ast.stmt] = []
-    definitions: list[tuple[str | None, ast.stmt]] = []
-    classes: set[str | None] = set()
-    functions: set[str | None] = set()
-    variables: set[str | None] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            imports.append(node)
-        elif isinstance(node, ast.ClassDef) and not node.decorator_list:
-            if node.name not in classes | variables | functions:
-                definitions.append((node.name, node))
-                classes.add(node.name)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.decorator_list:
-            has_return = any(isinstance(sub, ast.Return) for sub in ast.walk(node))
-            if node.name not in functions | variables | classes and has_return:
-                definitions.append((node.name, node))
-                functions.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            name = _assignment_name(node)
-            if name not in variables | functions | classes:
-                definitions.append((name, node))
-                variables.add(name)
-    if entry_point:
-        deps = {name: _identifiers(node) for name, node in definitions}
-        reachable, queue = {entry_point}, [entry_point]
-        while queue:
-            for neighbour in deps.get(queue.pop(0), ()):
-                if neighbour not in reachable:
-                    reachable.add(neighbour)
-                    queue.append(neighbour)
-        definitions = [(name, node) for name, node in definitions if name in reachable]
-    lines = code.split("\n")
-    pieces = [_segment(code, lines, node) for node in [*imports, *(n for _, n in definitions)]]
-    kept = "\n".join(pieces).strip()
-    return kept if kept else code
+        return _evalplus_sanitize()(text, entry_point)
+    except (ValueError, RecursionError, MemoryError):
+        return extract_code(text)
 
 
 # -- ground truth ---------------------------------------------------------------------------------
@@ -428,8 +360,12 @@ def _split_result(result: Any, nonce: str, n_inputs: int) -> SplitResult:
 
 def score_solutions(problems: Problems, solutions: Mapping[str, str], cache_dir: Path, *, workers: int = 2,
                     min_time_limit: float = MIN_TIME_LIMIT_S, gt_time_limit_factor: float = GT_TIME_LIMIT_FACTOR,
-                    memory_mb: int = MEMORY_MB) -> dict[str, SolutionScore]:
-    """Score one solution per task id with evalplus's checker in the sandbox (base and plus tests)."""
+                    memory_mb: int = MEMORY_MB, max_threads: int = CHECKER_THREADS) -> dict[str, SolutionScore]:
+    """Score one solution per task id with evalplus's checker in the sandbox (base and plus tests).
+
+    The solution may start up to `max_threads` threads (evalplus runs it in a process that may
+    start any number); the sandbox's memory and CPU-time limits count all of them together.
+    """
     from harness.sandbox import run_many
 
     unknown = sorted(set(solutions) - set(problems.items))
@@ -448,6 +384,7 @@ def score_solutions(problems: Problems, solutions: Mapping[str, str], cache_dir:
                    "nonce": nonce}
             timeout = min(TASK_TIMEOUT_CAP_S, sum(limits)) + 2 + STARTUP_ALLOWANCE_S
             jobs.append({"source": _CHECK_DRIVER, "timeout_s": timeout, "memory_mb": memory_mb,
+                         "max_threads": max_threads,
                          "files": {"job.pkl": pickle.dumps(job), "expected.pkl": truth.expected_path(task_id, split)},
                          "env": {"EVALPLUS_MAX_MEMORY_BYTES": str(memory_mb << 20)}})
             keys.append((task_id, split, nonce, len(problem[f"{split}_input"])))
@@ -498,6 +435,7 @@ class _EvalPlusTask(Task):
         min_time_limit: float = Field(MIN_TIME_LIMIT_S, gt=0)
         gt_time_limit_factor: float = Field(GT_TIME_LIMIT_FACTOR, gt=0)
         memory_mb: int = Field(MEMORY_MB, ge=256)
+        max_threads: int = Field(CHECKER_THREADS, ge=0)  # threads a solution may start
 
     def data_files(self, data_dir: Path) -> list[Path]:
         return [Path(data_dir) / self.data.offline]
@@ -523,7 +461,8 @@ class _EvalPlusTask(Task):
         with _cache_dir(ctx.work_dir) as cache:
             scores = score_solutions(problems, solutions, cache, workers=opts.workers,
                                      min_time_limit=opts.min_time_limit,
-                                     gt_time_limit_factor=opts.gt_time_limit_factor, memory_mb=opts.memory_mb)
+                                     gt_time_limit_factor=opts.gt_time_limit_factor, memory_mb=opts.memory_mb,
+                                     max_threads=opts.max_threads)
         metrics = pass_at_1(scores)
         samples = []
         for task_id, messages, completion in zip(task_ids, conversations, completions, strict=True):
@@ -548,8 +487,8 @@ class _EvalPlusTask(Task):
             .hexdigest(),
             "scoring": {"checker": "evalplus.eval.unsafe_execute in harness.sandbox", "memory_mb": opts.memory_mb,
                         "min_time_limit_s": opts.min_time_limit, "gt_time_limit_factor": opts.gt_time_limit_factor,
-                        "timeout_cap_s": TASK_TIMEOUT_CAP_S, "sanitizer": "harness ast re-implementation of "
-                        "evalplus.sanitize"},
+                        "timeout_cap_s": TASK_TIMEOUT_CAP_S, "max_threads": opts.max_threads,
+                        "sanitizer": "evalplus.sanitize.sanitize (code_extract: harness.tasks.coding.extract_code)"},
             "sandbox_isolation": isolation(),
         })
         return TaskResult(task=self.name, category=self.category, score=fmean(metrics.values()), metrics=metrics,
@@ -558,9 +497,11 @@ class _EvalPlusTask(Task):
 
 class HumanEvalPlus(_EvalPlusTask):
     name = "humaneval_plus"
+    version = "2"  # 2: evalplus's own sanitizer, threads allowed in the checker (issue 22)
     data = HUMANEVAL_PLUS
 
 
 class MbppPlus(_EvalPlusTask):
     name = "mbpp_plus"
+    version = "2"  # 2: evalplus's own sanitizer, threads allowed in the checker (issue 22)
     data = MBPP_PLUS
