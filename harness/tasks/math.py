@@ -220,7 +220,11 @@ def _bold_answer(text: str) -> str | None:
 
 
 def _latex_tail(text: str) -> str | None:
-    """A LaTeX expression (delimited or not) or a fraction that ends the reply: "so x = \\frac{14}{3}"."""
+    """A LaTeX expression (delimited or not), a power, a subscript or a fraction that ends the reply.
+
+    "so x = \\frac{14}{3}" -> "x = \\frac{14}{3}", "so it is 2516_8" -> "2516_8", "the result is p - q" ->
+    "p - q"; a plain number (or a lone letter, a unit) is left to the last-number rule.
+    """
     body = text.rstrip().rstrip(".!").rstrip()
     lines = body.split("\n")
     last = lines[-1]
@@ -238,7 +242,8 @@ def _latex_tail(text: str) -> str | None:
         found, whole = _scan(window[start:])
         if whole and found.strip() and found.strip() == window[start:].strip():
             found = found.strip()
-            if "\\" in found or _FRACTION.search(found):
+            algebra = re.search(r"[A-Za-z]", found) and re.search(r"[-+*/=<>\d]", found)  # "p - q", "2x"
+            if re.search(r"[\\^_]", found) or _FRACTION.search(found) or algebra:  # more than a plain number
                 return found
             return None
     return None
