@@ -127,7 +127,7 @@ def test_compare_on_a_sweep_results_folder_scores_categories_as_its_table(zoo_di
                                 samples=[SampleRecord(sample_id=str(i), prompt="p", output="o", score=s)
                                          for i, s in enumerate(scores)])
             key = variant.eval_keys[name]
-            save_result(store.dir("eval", key), result)
+            save_result(result, store.dir("eval", key))
             store.mark_done("eval", key)
     write_outputs(cfg, *collect_results(cfg, store, grid))
     table = pd.read_parquet(tmp_path / "results" / "results.parquet")

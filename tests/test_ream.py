@@ -226,7 +226,7 @@ def test_zoo_checkpoint_follows_the_plan(zoo_dir, tmp_path):
     transformers' logits equal those of the source model with the plan's merged experts put in by hand."""
     from harness.archs import get_arch
     from harness.checkpoint import write_checkpoint
-    from harness.compress import make_plan
+    from harness.compress import plan_from_files as make_plan
     from tests.test_checkpoint import _batch, _load, _logits, _unique_counts
     from tests.test_compress_cli import calibrate
 

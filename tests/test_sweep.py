@@ -162,7 +162,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, tiny_model):
     noop = _run(resumed)
     elapsed = time.monotonic() - started
     assert noop.returncode == 0
-    assert len(Store(work).events("computed")) == 1 + 1 + 1 + 4, "the finished sweep did work again"
+    assert len(Store(work).events("computed")) == 1 + 1 + 1 + 1 + 4, "the finished sweep did work again"
     assert elapsed < 10, f"a finished sweep took {elapsed:.1f} s to re-run"
 
 
