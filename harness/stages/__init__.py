@@ -161,7 +161,8 @@ class JobRun:
                 make: Callable[[Path], dict[str, Any]], *, redo: bool = False) -> bool:
         """The shared shape of every stage: skip when done (and not forced); otherwise, under a log,
         `make(output_dir)` writes the output and returns what the done record adds; then the done
-        record, the event and the test kill point. `redo` makes a done output again (an evicted checkpoint). Raises StageFailed (recorded) when `make` raises."""
+        record, the event and the test kill point. `redo` makes a done output again (an evicted
+        checkpoint). Raises StageFailed (recorded) when `make` raises."""
         if not self.to_compute(stage, key) and not redo:
             return False
         store = self.store
