@@ -33,9 +33,14 @@ MODULES = {
     "harness.tokenizer": "harness.standins.tokenizer",
     "harness.zoo": "harness.standins.zoo",
     "harness.toy": "harness.standins.toy",
+    "harness.report": "harness.results.report",
+    "harness.failures": "harness.tasks.failures",
+    "harness.inventory": "harness.checkpoint.inventory",
+    "harness.costs": "harness.sweep.costs",
+    "harness.preflight": "harness.sweep.preflight",
 }
 # commands users type whose module moved: a thin module keeps `python -m harness.X` working
-COMMANDS = {"harness.store", "harness.zoo", "harness.plots", "harness.compare"}
+COMMANDS = {"harness.store", "harness.zoo", "harness.plots", "harness.compare", "harness.report"}
 PACKAGE_DOCS = {
     "harness/util": "Small shared utilities: atomic writes, secret redaction, the name registry.",
     "harness/sweep": "The sweep: its CLI, config schema and validation, grid of jobs, store, stages, executors, rehearsal.",
@@ -47,12 +52,12 @@ PACKAGE_DOCS = {
 TESTS = {
     "calibration": ["test_calibrate_cli", "test_calibration_data", "test_observer", "test_quantised_calibration"],
     "checkpoint": ["test_checkpoint", "test_compress_cli", "test_hub", "test_quantisation", "test_permissions"],
-    "methods": ["test_methods", "test_merging"],
+    "methods": ["test_methods", "test_merging", "test_ream"],
     "tasks": ["test_coding", "test_creative", "test_livecodebench", "test_math", "test_mc", "test_evaluate_cli",
-              "test_toy_tasks"],
+              "test_toy_tasks", "test_failures", "test_scoring_parity"],
     "sandbox": ["test_sandbox"],
-    "results": ["test_results", "test_plots", "test_compare"],
-    "sweep": ["test_sweep", "test_sweep_config", "test_executors", "test_rehearsal"],
+    "results": ["test_results", "test_plots", "test_compare", "test_report"],
+    "sweep": ["test_sweep", "test_sweep_config", "test_executors", "test_rehearsal", "test_costs", "test_stages"],
     "serving": ["test_serving", "test_compressed_serving"],
     "standins": ["test_zoo", "test_toy_corpus", "test_toy_pruning"],
     "util": ["test_redaction"],
