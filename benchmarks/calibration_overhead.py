@@ -110,7 +110,7 @@ print(json.dumps({{"peak_rss_mb": _peak_mb(),
 
 
 def memory(root: Path, samples: int, length: int) -> None:
-    from harness.zoo import build_model
+    from harness.standins.zoo import build_model
 
     model_dir = build_model("qwen3_moe", root / "big", overrides=MEMORY_MODEL)
     size_gb = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 1e9
@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory", action="store_true", help="also measure peak memory on a >= 2 GB model")
     args = parser.parse_args()
-    from harness.zoo import build_model
+    from harness.standins.zoo import build_model
 
     with tempfile.TemporaryDirectory(prefix="calib-bench-") as tmp:
         root = Path(tmp)

@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="best of N for the times")
     parser.add_argument("--dir", help="work directory (default: a temporary one, removed after)")
     args = parser.parse_args()
-    from harness.zoo import build_model
+    from harness.standins.zoo import build_model
 
     with tempfile.TemporaryDirectory(prefix="ckpt-bench-", dir=args.dir) as tmp:
         root = Path(tmp)

@@ -1,11 +1,11 @@
-"""Calibration's peak host memory, measured against harness.costs' estimate, normal and sequential mode.
+"""Calibration's peak host memory, measured against harness.sweep.costs' estimate, normal and sequential mode.
 
     .venv/bin/python benchmarks/costs_memory.py [--out results/costs_memory.json]
 
 Builds zoo models scaled up so that their weights, not the Python runtime, dominate memory (float32 and
 block FP8), calibrates each in a fresh process on the CPU (`python -m harness.calibrate`), reads the
 process's peak resident set (ru_maxrss), and prints it beside the estimate. The runtime's own footprint
-(interpreter, torch, transformers: harness.costs.HOST_RUNTIME_BYTES) is measured here too, by the same
+(interpreter, torch, transformers: harness.sweep.costs.HOST_RUNTIME_BYTES) is measured here too, by the same
 command on the unscaled zoo model.
 """
 
@@ -64,8 +64,8 @@ def measure(model_dir: Path, sequential: bool, out: Path) -> int:
 
 
 def main() -> int:
-    from harness.costs import ModelShape, calibration_memory, human
-    from harness.zoo import build_model
+    from harness.standins.zoo import build_model
+    from harness.sweep.costs import ModelShape, calibration_memory, human
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")

@@ -1,7 +1,7 @@
 """Served-evaluation throughput against vLLM's offline `LLM.generate` on the same prompts.
 
 The served side is the math task's own generation path (`chat_many` with the task's
-prompt and settings) against `harness.serving.VLLMServer`; the offline side is
+prompt and settings) against `harness.serving.vllm.VLLMServer`; the offline side is
 `vllm.LLM.generate` on the same chat-templated token ids. Both are greedy with the
 same max_tokens and `ignore_eos`, so both generate exactly the same number of
 tokens; the ratio (served tok/s / offline tok/s) is what the HTTP server and our
@@ -20,11 +20,11 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from harness.serving import VLLMServer, chat, cuda_available
+from harness.serving.vllm import VLLMServer, chat, cuda_available
+from harness.standins.zoo import ZOO, build_model
 from harness.tasks.base import Endpoint, GenerationSettings
 from harness.tasks.client import chat_many
 from harness.tasks.math import PROMPT, read_jsonl
-from harness.zoo import ZOO, build_model
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

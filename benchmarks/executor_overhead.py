@@ -56,11 +56,11 @@ def _timed_sweep(sweep: Path, *args: str) -> float:
 
 def _overhead(sweep: Path, executor: str, address: str | None, repeats: int) -> tuple[int, float]:
     """(jobs, seconds per job) of running the whole graph of a finished sweep again."""
-    from harness.config import load_sweep
-    from harness.executors import get_executor
-    from harness.grid import build_grid, job_graph
-    from harness.stages import StageContext
-    from harness.store import Store
+    from harness.sweep.config import load_sweep
+    from harness.sweep.executors import get_executor
+    from harness.sweep.grid import build_grid, job_graph
+    from harness.sweep.stages import StageContext
+    from harness.sweep.store import Store
 
     class NothingDone(Store):  # the graph as a fresh run sees it: every job present
         def is_done(self, stage: str, key: str) -> bool:
@@ -90,7 +90,7 @@ def main() -> None:
 
     import ray
 
-    from harness.zoo import build_model
+    from harness.standins.zoo import build_model
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="executor-bench-"))
     model = build_model("qwen3_moe", root / "model")

@@ -1,6 +1,6 @@
 """Per-sample sandbox start-up: a trivial program through `run_python`, before and after read isolation.
 
-"Before" is harness/sandbox.py as it was at the branch point (`git merge-base HEAD main`,
+"Before" is harness/sandbox/api.py as it was at the branch point (`git merge-base HEAD main`,
 or the file given with --before), loaded as a separate module; "after" is the current one
 with every layer this machine grants, and each read-isolation layer alone. The runs are
 interleaved (one of each in turn) so that load from other users of the machine hits all
@@ -34,7 +34,7 @@ def load_before(path: Path | None, base: str) -> tuple[object, str]:
     if path is None:
         rev = subprocess.run(["git", "merge-base", "HEAD", base], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.strip()
-        source = subprocess.run(["git", "show", f"{rev}:harness/sandbox.py"], cwd=REPO, capture_output=True,
+        source = subprocess.run(["git", "show", f"{rev}:harness/sandbox/api.py"], cwd=REPO, capture_output=True,
                                 text=True, check=True).stdout
         path = Path(tempfile.mkdtemp(prefix="sandbox-before-")) / "sandbox_before.py"
         path.write_text(source)
@@ -56,12 +56,12 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--before", type=Path, help="the old harness/sandbox.py (default: from git)")
+    parser.add_argument("--before", type=Path, help="the old harness/sandbox/api.py (default: from git)")
     parser.add_argument("--base", default="main", help="branch whose merge base with HEAD is 'before'")
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))  # this checkout's harness, however the script is started
-    from harness import sandbox
+    from harness.sandbox import api as sandbox
 
     before, before_label = load_before(args.before, args.base)
     started = time.perf_counter()

@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.serving import VLLMServer, complete
-from harness.zoo import ZOO, build_model
+from harness.serving.vllm import VLLMServer, complete
+from harness.standins.zoo import ZOO, build_model
 
 
 def main() -> None:

@@ -33,10 +33,11 @@ def _dataset(value: str) -> dict:
 def stored_calibration(store, source, spec, *, extras: Iterable[str] = (),
                        dtype: str = "auto", sequential: bool = False, device: str | None = None,
                        batch_size: int = 8, progress: bool = True, force: bool = False) -> tuple[str, Path]:
-    """Calibrate `source` (a harness.hub.ModelSource) into the store at --out, once per key; returns (key, directory).
+    """Calibrate `source` (a harness.checkpoint.hub.ModelSource) into the store at --out, once per key;
+    returns (key, directory).
     The same key as a sweep's calibration stage, so a sweep can reuse this store's statistics."""
     from harness.calibration.run import calibrate, calibration_settings_for
-    from harness.store import stage_key
+    from harness.sweep.store import stage_key
 
     settings = calibration_settings_for(source, spec, extras=extras,
                                         dtype=dtype)
@@ -84,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     from harness.calibration.data import CalibrationSpec
     from harness.calibration.run import CalibrationDeviceError
     from harness.calibration.statistics import CalibrationStatistics
-    from harness.hub import ModelUnavailableError, resolve
-    from harness.store import Store
+    from harness.checkpoint.hub import ModelUnavailableError, resolve
+    from harness.sweep.store import Store
 
     try:
         source = resolve(args.model, args.revision, Path.cwd())

@@ -62,8 +62,8 @@ def evaluate(endpoint: Endpoint, tasks: Sequence[str], *, generation: Generation
 # -- writing ----------------------------------------------------------------------------
 def results_rows(results: Sequence[TaskResult], *, model: str, method: str = "baseline", ratio: float = 0.0,
                  family: str = "") -> list[dict[str, Any]]:
-    """Tidy rows (harness.results schema) of one model, built as the sweep builds them (harness.results)."""
-    from harness.results import result_rows
+    """Tidy rows (harness.results.table schema) of one model, built as the sweep builds them (harness.results.table)."""
+    from harness.results.table import result_rows
 
     base = {"model": model, "family": family, "method": method, "ratio": ratio, "source": "harness",
             "harness_version": harness.__version__}
@@ -76,7 +76,7 @@ def results_rows(results: Sequence[TaskResult], *, model: str, method: str = "ba
 
 
 def write_summary(results: Sequence[TaskResult], out_dir: Path, **labels: Any) -> Path:
-    from harness.results import rows_to_frame, write_results
+    from harness.results.table import rows_to_frame, write_results
 
     path = out_dir / "results.csv"
     write_results(rows_to_frame(results_rows(results, **labels)), path)

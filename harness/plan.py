@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.atomic import atomic_write
+from harness.util.atomic import atomic_write
 
 PLAN_FORMAT_VERSION = 2
 

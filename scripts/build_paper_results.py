@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.results import write_results
+from harness.results.table import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "paper"

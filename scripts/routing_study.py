@@ -5,7 +5,7 @@ tokens — `model` (what the forward computes: sigmoid scores, correction bias, 
 and `reap_repo` (what the paper's public code records: top-k of the raw logits, softmax
 weights) — then plan each method at 25 % and 50 % and count, per layer, the experts one mode
 drops and the other keeps. On the toy model, both choices are also scored on the toy suite
-(in-process, harness.toy.evaluate) where they differ.
+(in-process, harness.standins.toy.evaluate) where they differ.
 
     .venv/bin/python scripts/routing_study.py [--out results/routing_study] [--toy-limit 40]
 
@@ -28,8 +28,8 @@ TOY = REPO / "models" / "toy-moe"
 
 
 def _tokens(tokenizer, per_domain: int):
-    from harness.toy.corpus import DOMAINS
-    from harness.toy.routing import calibration_batch, domain_texts
+    from harness.standins.toy.corpus import DOMAINS
+    from harness.standins.toy.routing import calibration_batch, domain_texts
 
     examples = [ex for d in DOMAINS for ex in domain_texts(d, per_domain)]
     return calibration_batch(tokenizer, examples)
@@ -73,7 +73,7 @@ def toy_accuracy(plans: dict, limit: int) -> dict:
     from statistics import fmean
 
     from harness.checkpoint import write_checkpoint
-    from harness.toy.evaluate import evaluate_model
+    from harness.standins.toy.evaluate import evaluate_model
 
     found = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from harness.archs import get_arch
-    from harness.zoo import ZOO, build_model
+    from harness.standins.zoo import ZOO, build_model
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The headless browser the report test (tests/test_report.py) opens the HTML report in: Debian's
+# The headless browser the report test (tests/results/test_report.py) opens the HTML report in: Debian's
 # Chromium and its WebDriver. Installed with apt-get when missing (root, or sudo without a password);
 # otherwise says what to install. `make test` runs this before pytest.
 set -euo pipefail

@@ -19,7 +19,7 @@ DATASETS = REPO.parent / "shared" / "datasets"
 @pytest.fixture(scope="session")
 def zoo_dir(tmp_path_factory) -> Path:
     """All zoo families, built once: zoo_dir / <family>."""
-    from harness.zoo import build_zoo
+    from harness.standins.zoo import build_zoo
 
     root = tmp_path_factory.mktemp("zoo")
     build_zoo(root)
@@ -62,8 +62,8 @@ class ServedTiny:
 @pytest.fixture(scope="session")
 def served_tiny(tmp_path_factory):
     """Each vLLM start costs 30-60 s here: the task tests share this one (float32, 2048 tokens)."""
-    from harness.serving import VLLMServer
-    from harness.zoo import build_model
+    from harness.serving.vllm import VLLMServer
+    from harness.standins.zoo import build_model
 
     root = tmp_path_factory.mktemp("served_tiny")
     model_dir = build_model("qwen3_moe", root / "qwen3_moe")

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.store import Store
+from harness.sweep.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION = REPO / "tests" / "fixtures" / "calibration" / "code_instruct.jsonl"
@@ -104,7 +104,7 @@ def _olmoe(out: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from harness.tokenizer import build_tokenizer
+    from harness.standins.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     config = AutoConfig.for_model(
@@ -149,9 +149,9 @@ def test_a_new_method_task_and_family_from_a_package_run_in_a_sweep(tmp_path, mo
     plan = json.loads((written / "plan.json").read_text())
     assert all([g["members"] for g in layer["groups"]] == [[0], [1], [2], [3]] for layer in plan["layers"].values())
     assert json.loads((written / "config.json").read_text())["num_experts"] == 4
-    # The figures take the method's label, colour and kind from its class: no table in harness.plots to edit.
+    # The figures take the method's label, colour and kind from its class: no table in harness.results.plots to edit.
     monkeypatch.syspath_prepend(str(ext))
-    from harness import plots
+    from harness.results import plots
 
     assert plots.method_label("keep_first") == "Keep first" and plots.method_kind("keep_first") == "pruning"
     assert plots.method_colours(["reap", "keep_first"])["keep_first"] == "#000000"

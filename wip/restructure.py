@@ -13,34 +13,34 @@ from pathlib import Path
 
 # old dotted module -> new dotted module
 MODULES = {
-    "harness.atomic": "harness.util.atomic",
-    "harness.redaction": "harness.util.redaction",
-    "harness.registry": "harness.util.registry",
-    "harness.config": "harness.sweep.config",
-    "harness.grid": "harness.sweep.grid",
-    "harness.rehearsal": "harness.sweep.rehearsal",
-    "harness.store": "harness.sweep.store",
-    "harness.stages": "harness.sweep.stages",
-    "harness.executors": "harness.sweep.executors",
-    "harness.hub": "harness.checkpoint.hub",
-    "harness.quantisation": "harness.checkpoint.quantisation",
-    "harness.serving": "harness.serving.vllm",
-    "harness.servers": "harness.serving.records",
-    "harness.results": "harness.results.table",
-    "harness.plots": "harness.results.plots",
-    "harness.compare": "harness.results.compare",
-    "harness.sandbox": "harness.sandbox.api",
-    "harness.tokenizer": "harness.standins.tokenizer",
-    "harness.zoo": "harness.standins.zoo",
-    "harness.toy": "harness.standins.toy",
-    "harness.report": "harness.results.report",
-    "harness.failures": "harness.tasks.failures",
-    "harness.inventory": "harness.checkpoint.inventory",
-    "harness.costs": "harness.sweep.costs",
-    "harness.preflight": "harness.sweep.preflight",
+    "harness.util.atomic": "harness.util.atomic",
+    "harness.util.redaction": "harness.util.redaction",
+    "harness.util.registry": "harness.util.registry",
+    "harness.sweep.config": "harness.sweep.config",
+    "harness.sweep.grid": "harness.sweep.grid",
+    "harness.sweep.rehearsal": "harness.sweep.rehearsal",
+    "harness.sweep.store": "harness.sweep.store",
+    "harness.sweep.stages": "harness.sweep.stages",
+    "harness.sweep.executors": "harness.sweep.executors",
+    "harness.checkpoint.hub": "harness.checkpoint.hub",
+    "harness.checkpoint.quantisation": "harness.checkpoint.quantisation",
+    "harness.serving.vllm": "harness.serving.vllm.vllm",
+    "harness.serving.records": "harness.serving.vllm.records",
+    "harness.results.table": "harness.results.table.table",
+    "harness.results.plots": "harness.results.table.plots",
+    "harness.results.compare": "harness.results.table.compare",
+    "harness.sandbox.api": "harness.sandbox.api.api",
+    "harness.standins.tokenizer": "harness.standins.tokenizer",
+    "harness.standins.zoo": "harness.standins.zoo",
+    "harness.standins.toy": "harness.standins.toy",
+    "harness.results.report": "harness.results.table.report",
+    "harness.tasks.failures": "harness.tasks.failures",
+    "harness.checkpoint.inventory": "harness.checkpoint.inventory",
+    "harness.sweep.costs": "harness.sweep.cli.costs",
+    "harness.sweep.preflight": "harness.sweep.cli.preflight",
 }
 # commands users type whose module moved: a thin module keeps `python -m harness.X` working
-COMMANDS = {"harness.store", "harness.zoo", "harness.plots", "harness.compare", "harness.report"}
+COMMANDS = {"harness.sweep.store", "harness.standins.zoo", "harness.results.plots", "harness.results.compare", "harness.results.report"}
 PACKAGE_DOCS = {
     "harness/util": "Small shared utilities: atomic writes, secret redaction, the name registry.",
     "harness/sweep": "The sweep: its CLI, config schema and validation, grid of jobs, store, stages, executors, rehearsal.",
@@ -75,7 +75,7 @@ def path_of(dotted: str) -> Path:
 
 
 def move_modules() -> None:
-    # sources first, to temporary names: harness/sweep.py, serving.py, results.py, sandbox.py
+    # sources first, to temporary names: harness/sweep/cli.py, serving.py, results.py, sandbox.py
     # must leave before the packages of the same names can exist
     staged = []
     for old, new in [*MODULES.items(), ("harness.sweep", "harness.sweep.cli")]:

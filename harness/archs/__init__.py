@@ -2,7 +2,7 @@
 
 Each module of this package that defines an adapter class (`model_type = "..."`) is a family;
 an installed package adds one through the `harness.archs` entry-point group. Listing or
-validating families never imports torch (harness.registry).
+validating families never imports torch (harness.util.registry).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.registry import Registry
+from harness.util.registry import Registry
 
 if TYPE_CHECKING:
     from harness.archs.base import MoEArch

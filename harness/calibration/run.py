@@ -7,8 +7,8 @@ cached hidden states in memory, for models larger than memory. Either runs where
 one GPU, or the CPU. Quantised checkpoints (FP8 blocks, compressed-tensors int4) are
 dequantised layer by layer into the calibration dtype for the observer.
 
-The stage's key and directory belong to the store (harness.store): `calibration_settings`
-says what the statistics depend on, the sweep's calibration stage (harness.stages.calibrate)
+The stage's key and directory belong to the store (harness.sweep.store): `calibration_settings`
+says what the statistics depend on, the sweep's calibration stage (harness.sweep.stages.calibrate)
 and `python -m harness.calibrate` store them once per key.
 """
 
@@ -192,7 +192,7 @@ class _LayerWeights:
     """A checkpoint's tensors by key prefix, dequantised into `dtype` when the checkpoint is quantised."""
 
     def __init__(self, model_dir: str | Path, dtype: torch.dtype):
-        from harness.quantisation import detect_format
+        from harness.checkpoint.quantisation import detect_format
 
         self.reader = ShardReader(model_dir)
         self.format = detect_format(read_config(model_dir), self.reader.tensors)
@@ -207,7 +207,7 @@ class _LayerWeights:
         return self._dequantised(self.reader.load_keys(keys))
 
     def _dequantised(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from harness.quantisation import dequantise_tensors
+        from harness.checkpoint.quantisation import dequantise_tensors
 
         return dequantise_tensors(tensors, self.format, dtype=self.dtype) if self.format.is_quantised else tensors
 
@@ -243,7 +243,7 @@ def resolve_devices(device: str) -> list[torch.device]:
 
 def resolve_dtype(name: str, config: dict) -> str:
     """The calibration dtype's name: "auto" is the checkpoint's dtype (bfloat16 for quantised weights)."""
-    from harness.quantisation import detect_format
+    from harness.checkpoint.quantisation import detect_format
 
     if name != "auto":
         if name not in DTYPES:
@@ -261,7 +261,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype, devices: list[torch.de
     (accelerate's device map, GPUs only: a model that does not fit them needs sequential mode)."""
     from transformers import AutoModelForCausalLM
 
-    from harness.quantisation import detect_format
+    from harness.checkpoint.quantisation import detect_format
 
     if detect_format(read_config(model_dir)).is_quantised:
         return _load_dequantised(model_dir, dtype, devices)
@@ -333,7 +333,7 @@ def calibration_settings(identity: dict[str, Any], data_fingerprint: dict[str, A
 
 
 def calibration_settings_for(source, spec, *, extras: Iterable[str], dtype: str) -> dict[str, Any]:
-    """calibration_settings of a harness.hub.ModelSource (reads only its config, never its weights)."""
+    """calibration_settings of a harness.checkpoint.hub.ModelSource (reads only its config, never its weights)."""
     from harness.calibration.data import spec_fingerprint
 
     return calibration_settings(source.identity, spec_fingerprint(spec), extras=extras,
@@ -348,7 +348,7 @@ def calibrate(model_dir: str | Path, spec, *, extras: Iterable[str] = (),
 
     import harness
     from harness.calibration.data import build_calibration_batch, spec_fingerprint
-    from harness.quantisation import detect_format
+    from harness.checkpoint.quantisation import detect_format
 
     config = read_config(model_dir)
     arch = get_arch(config)

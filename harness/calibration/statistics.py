@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from harness.atomic import atomic_write
+from harness.util.atomic import atomic_write
 
 # Bump when a statistic's definition or the file layout changes: it is part of the cache key.
 STATS_FORMAT_VERSION = 2  # 2: max_act is the signed maximum; max_abs_act added

@@ -27,7 +27,7 @@ One job per module:
     writer          write_checkpoint: the directory (config rewrite, side files, recipe), atomically
 
 Where a family stores its experts (names, fused orientation, config nesting) comes from its
-adapter in `harness.archs`; quantisation formats from `harness.quantisation`.
+adapter in `harness.archs`; quantisation formats from `harness.checkpoint.quantisation`.
 """
 
 from harness.checkpoint.counting import ParameterCounts, count_parameters, parameter_counts

@@ -10,9 +10,15 @@ from pathlib import Path
 
 from harness.archs import get_arch
 from harness.checkpoint.errors import CheckpointError
+from harness.checkpoint.quantisation import (
+    PACKED_NAME,
+    QUANT_COMPANIONS,
+    QuantisationError,
+    detect_format,
+    packed_numel,
+)
 from harness.checkpoint.roles import TensorRoles
 from harness.checkpoint.shards import DTYPES, OpenFiles, ShardReader, TensorInfo, load_range
-from harness.quantisation import PACKED_NAME, QUANT_COMPANIONS, QuantisationError, detect_format, packed_numel
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ member's neurons that best matches the dominant expert (`members[0]`) before ave
 
 This is weight arithmetic on the canonical view only; FP8 checkpoints are merged by
 dequantising, merging here in float and quantising again with the same block layout
-(`harness.checkpoint.merge_outputs`, with the format arithmetic of `harness.quantisation`).
+(`harness.checkpoint.merge_outputs`, with the format arithmetic of `harness.checkpoint.quantisation`).
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ from harness.archs.base import ExpertWeights, MoEArch
 from harness.checkpoint.errors import CheckpointError
 from harness.checkpoint.expert_merging import merge_experts
 from harness.checkpoint.outputs import OutputTensor, copied
+from harness.checkpoint.quantisation import FP8_DTYPES, FP8_SCALE_NAMES, dequantise_fp8, quantise_fp8
 from harness.checkpoint.roles import LayerTensors, TensorRoles
 from harness.checkpoint.shards import DTYPES, ShardReader
 from harness.plan import ExpertGroup
-from harness.quantisation import FP8_DTYPES, FP8_SCALE_NAMES, dequantise_fp8, quantise_fp8
 
 
 def merged_layer(roles: TensorRoles, src: ShardReader, arch: MoEArch, layer: int, tensors: LayerTensors,

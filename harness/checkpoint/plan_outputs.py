@@ -14,10 +14,10 @@ from harness.archs.base import MoEArch
 from harness.checkpoint.errors import CheckpointError
 from harness.checkpoint.merge_outputs import merged_layer
 from harness.checkpoint.outputs import OutputTensor, copied, last_selected, rows_selected
+from harness.checkpoint.quantisation import PACKED_NAME, quantization_config
 from harness.checkpoint.roles import LayerTensors, TensorRoles
 from harness.checkpoint.shards import ShardReader
 from harness.plan import Plan
-from harness.quantisation import PACKED_NAME, quantization_config
 
 
 @dataclass

@@ -22,7 +22,7 @@ from harness.checkpoint.shards import DTYPE_NAMES, OpenFiles, ShardReader
 
 def shard_layout(job: OutputPlan, src: ShardReader) -> list[tuple[str, list[OutputTensor], dict[str, str]]]:
     """(file name, outputs in write order, metadata) of every output shard: one per source file that still has
-    tensors. What `write_shards` writes and what `harness.costs` sizes before writing."""
+    tensors. What `write_shards` writes and what `harness.sweep.costs` sizes before writing."""
     rank = {path: r for r, path in enumerate(src.files)}
     by_file: dict[Path, list[OutputTensor]] = {}
     for out in job.outputs:

@@ -19,7 +19,6 @@ from typing import Any
 
 from harness.archs import get_arch, read_config
 from harness.archs.base import MoEArch
-from harness.atomic import make_temp_dir
 from harness.checkpoint.counting import parameter_counts
 from harness.checkpoint.errors import CheckpointError
 from harness.checkpoint.identity import model_fingerprint
@@ -28,6 +27,7 @@ from harness.checkpoint.roles import TensorRoles
 from harness.checkpoint.shard_writer import write_shards
 from harness.checkpoint.shards import INDEX_NAME, ShardReader
 from harness.plan import Plan
+from harness.util.atomic import make_temp_dir
 
 MATERIALISATIONS = ("shared_slots",)
 # Top-level files of the source that are not copied: weights (rewritten), and what the writer regenerates.

@@ -1,7 +1,7 @@
 """Compression-method registry: method name -> "module:Class", imported on first use.
 
 One module per method: a class in this package with `name = "..."` is a method (found
-without importing it, harness.registry); an installed package adds methods through the
+without importing it, harness.util.registry); an installed package adds methods through the
 `harness.methods` entry-point group (name = method name, value = "module:Class"), so
 listing methods or validating a sweep never imports torch.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from harness.registry import Registry
+from harness.util.registry import Registry
 
 if TYPE_CHECKING:
     from harness.methods.base import Method

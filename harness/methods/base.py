@@ -30,7 +30,7 @@ class Method(ABC):
     kind: ClassVar[Literal["prune", "merge"]]
     # The optional calibration statistics it reads (harness.calibration.statistics.EXTRAS).
     needs: ClassVar[frozenset[str]] = frozenset()
-    # How the figures draw it (harness.plots): legend label and colour; None = the name, a colour handed out.
+    # How the figures draw it (harness.results.plots): legend label and colour; None = the name, a colour handed out.
     plot_label: ClassVar[str | None] = None
     plot_colour: ClassVar[str | None] = None
 

@@ -1,7 +1,7 @@
 """Benchmark registry: task name -> "module:Class", imported on first use.
 
 One module per benchmark family (coding, math, mc, creative, ...): a class in this package
-with `name = "..."` is a task (found without importing it, harness.registry); an installed
+with `name = "..."` is a task (found without importing it, harness.util.registry); an installed
 package adds tasks through the `harness.tasks` entry-point group (name = task name, value =
 "module:Class"), so listing and validating tasks never imports lm-eval, evalplus or torch.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness.registry import Registry
+from harness.util.registry import Registry
 
 if TYPE_CHECKING:
     from harness.tasks.base import Task

@@ -41,7 +41,7 @@ class Endpoint(BaseModel):
 
         if self.api_key_env is None:
             return "EMPTY"
-        from harness.redaction import remember
+        from harness.util.redaction import remember
 
         key = os.environ.get(self.api_key_env)
         if not key:
@@ -132,7 +132,7 @@ class Task(ABC):
     version: ClassVar[str] = "1"
     # True for tasks scored by a judge model (the sweep then needs a `judge:`).
     needs_judge: ClassVar[bool] = False
-    # Failure kinds this task tells from its own extraction (harness.failures: "no_answer", "no_code", ...),
+    # Failure kinds this task tells from its own extraction (harness.tasks.failures: "no_answer", "no_code", ...),
     # reported beside the reply kinds every generative task gets (empty, truncated, degenerate).
     answer_failure_kinds: ClassVar[tuple[str, ...]] = ()
 

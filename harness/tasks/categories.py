@@ -37,7 +37,7 @@ class CategoryScore:
 
 def combine(category: str, scores: Mapping[str, Any]) -> tuple[Any, str]:
     """(category value, its definition) from task scores — floats, or arrays of bootstrap means (the same
-    rule applies elementwise; harness.compare uses it so its category intervals score as the table does)."""
+    rule applies elementwise; harness.results.compare uses it so its category intervals score as the table does)."""
     if category == "coding":
         evalplus = [scores[t] for t in EVALPLUS_TASKS if t in scores]
         others = [v for t, v in scores.items() if t not in EVALPLUS_TASKS]

@@ -8,7 +8,7 @@ the entry point reaches; only its span search is swapped for `extract_code`, whi
 the same span without evalplus's cubic cost). Scoring is evalplus's own per-test checker
 (`evalplus.eval.unsafe_execute`: its special oracles, float tolerance, per-input time
 limits = max(1 s, 4 x the canonical solution's time), 4 GiB memory guard), called inside
-`harness.sandbox.run_python` rather than in evalplus's forked child, because evalplus's own
+`harness.sandbox.api.run_python` rather than in evalplus's forked child, because evalplus's own
 `reliability_guard` leaves the network open and the filesystem writable. Each
 (solution, base|plus) pair is one sandboxed process, as in evalplus; it may start up to
 `CHECKER_THREADS` threads (a thread pool), within the memory and CPU-time limits of the
@@ -41,8 +41,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.atomic import atomic_write
 from harness.tasks.base import SampleRecord, Task, TaskContext, TaskError, TaskResult
+from harness.util.atomic import atomic_write
 
 # evalplus/codegen.py (instruct prompt) and evalplus/gen/util/openai_request.py (system message)
 INSTRUCTION_PREFIX = ("Please provide a self-contained Python script that solves the following problem "
@@ -255,7 +255,7 @@ class GroundTruth:
         """Compute what is missing for `task_ids`; return the timings of all of them."""
         from evalplus.eval._special_oracle import MBPP_OUTPUT_NOT_NONE_TASKS
 
-        from harness.sandbox import clip_output, run_many
+        from harness.sandbox.api import clip_output, run_many
 
         known = self.times()
         missing = [t for t in task_ids if t not in known or not all(self.expected_path(t, s).is_file()
@@ -366,7 +366,7 @@ def score_solutions(problems: Problems, solutions: Mapping[str, str], cache_dir:
     The solution may start up to `max_threads` threads (evalplus runs it in a process that may
     start any number); the sandbox's memory and CPU-time limits count all of them together.
     """
-    from harness.sandbox import run_many
+    from harness.sandbox.api import run_many
 
     unknown = sorted(set(solutions) - set(problems.items))
     if unknown:
@@ -421,7 +421,7 @@ class _EvalPlusTask(Task):
 
     @classmethod
     def answer_failures(cls, record: SampleRecord) -> list[str]:
-        from harness.failures import code_failures
+        from harness.tasks.failures import code_failures
 
         return code_failures(record.extracted, (record.model_extra or {}).get("entry_point"))
 
@@ -441,7 +441,7 @@ class _EvalPlusTask(Task):
         return [Path(data_dir) / self.data.offline]
 
     def run(self, ctx: TaskContext) -> TaskResult:
-        from harness.sandbox import isolation
+        from harness.sandbox.api import isolation
         from harness.tasks.client import chat_many
 
         opts = self.options
@@ -485,7 +485,7 @@ class _EvalPlusTask(Task):
             "n_problems": len(problems.items),
             "prompt_sha256": hashlib.sha256(json.dumps([opts.system_prompt, opts.instruction_prefix]).encode())
             .hexdigest(),
-            "scoring": {"checker": "evalplus.eval.unsafe_execute in harness.sandbox", "memory_mb": opts.memory_mb,
+            "scoring": {"checker": "evalplus.eval.unsafe_execute in harness.sandbox.api", "memory_mb": opts.memory_mb,
                         "min_time_limit_s": opts.min_time_limit, "gt_time_limit_factor": opts.gt_time_limit_factor,
                         "timeout_cap_s": TASK_TIMEOUT_CAP_S, "max_threads": opts.max_threads,
                         "sanitizer": "evalplus.sanitize.sanitize (code_extract: harness.tasks.coding.extract_code)"},

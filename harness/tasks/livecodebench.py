@@ -18,7 +18,7 @@ max_tokens 2000, n = 1. These options override the harness generation settings (
 None to keep the harness's value); the settings actually sent are what provenance records
 under "generation".
 
-Grading runs each test case in its own sandboxed process (`harness.sandbox.run_python`,
+Grading runs each test case in its own sandboxed process (`harness.sandbox.api.run_python`,
 time limit per test, memory limit), public tests first, stopping at the first failure as
 LiveCodeBench does. Both styles get LiveCodeBench's import prelude (LeetCode starter code
 uses `List` without importing it):
@@ -336,7 +336,7 @@ class CaseResult:
 
 def _clip(text: str, n: int = 300) -> str:
     """What a result keeps of a program's output: at most about `n` characters (head and tail)."""
-    from harness.sandbox import clip_output
+    from harness.sandbox.api import clip_output
 
     return clip_output(text, n)
 
@@ -349,7 +349,7 @@ def _why(result: Any, note: str = "") -> str:
 
 def run_case(code: str, case: Case, func_name: str | None, *, timeout_s: float, memory_mb: int) -> CaseResult:
     """Run one program on one test case in the sandbox and judge it."""
-    from harness.sandbox import run_python
+    from harness.sandbox.api import run_python
 
     source = PRELUDE + code
     if func_name:
@@ -403,12 +403,12 @@ def grade(problem: Problem, code: str, *, timeout_s: float, memory_mb: int) -> G
 
 def check_sandbox(timeout_s: float, memory_mb: int) -> None:
     """A trivial program must run, or every problem would silently score 0."""
-    from harness.sandbox import run_python
+    from harness.sandbox.api import run_python
 
     result = run_python("print(input()[::-1])", stdin="abc\n", timeout_s=max(timeout_s, 10.0), memory_mb=memory_mb)
     if result.returncode != 0 or result.stdout.strip() != "cba":
         raise TaskError(f"the code sandbox does not run a trivial program (exit {result.returncode}, "
-                        f"failure {result.failure!r}, stderr {result.stderr[-300:]!r}); fix harness.sandbox first")
+                        f"failure {result.failure!r}, stderr {result.stderr[-300:]!r}); fix harness.sandbox.api first")
 
 
 # -- the task ----------------------------------------------------------------------------
@@ -421,7 +421,7 @@ class LiveCodeBench(Task):
 
     @classmethod
     def answer_failures(cls, record: SampleRecord) -> list[str]:
-        from harness.failures import code_failures
+        from harness.tasks.failures import code_failures
 
         return code_failures(record.extracted, None)
 
@@ -583,7 +583,7 @@ class LiveCodeBench(Task):
 
     def provenance(self, ctx: TaskContext, files: list[Path], dataset: dict[str, Any],
                    settings: GenerationSettings) -> dict[str, Any]:
-        from harness.sandbox import isolation
+        from harness.sandbox.api import isolation
 
         found = self.base_provenance(ctx, files)
         harness_generation = found["generation"]

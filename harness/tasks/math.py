@@ -20,7 +20,7 @@ The extracted text and the gold answer are both parsed by math-verify and compar
 with its `verify`, so "0.5", "\\frac{1}{2}" and "1/2" are the same answer (and "x = 5" is
 5). The task score is the accuracy. Where this differs from math-verify's own extraction
 on the raw reply or from lm-eval's gsm8k filters, on purpose: README, "Math answer
-extraction"; tests/test_scoring_parity.py pins each difference.
+extraction"; tests/tasks/test_scoring_parity.py pins each difference.
 """
 
 from __future__ import annotations

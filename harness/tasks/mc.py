@@ -40,8 +40,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.atomic import atomic_write
 from harness.tasks.base import SampleRecord, Task, TaskContext, TaskError, TaskResult, file_sha256
+from harness.util.atomic import atomic_write
 
 NUM_FEWSHOT = 0
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's default, used when the server does not report max_model_len

@@ -28,7 +28,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from harness.toy.corpus import count_sentences
+from harness.standins.toy.corpus import count_sentences
 
 MODEL_NAME = "rubric-judge"
 MIN_WORDS_PER_SENTENCE, MAX_WORDS_PER_SENTENCE = 3, 25

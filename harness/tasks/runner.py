@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness.atomic import atomic_write
 from harness.tasks import get_task_class
 from harness.tasks.base import TaskContext, TaskResult
+from harness.util.atomic import atomic_write
 
 RESULT_FILE = "result.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -56,7 +56,7 @@ def run_task(name: str, ctx: TaskContext, options: dict[str, Any] | None = None)
 def write_task_result(result: TaskResult, out_dir: Path) -> None:
     """out_dir/samples.jsonl, then out_dir/result.json (without samples): the result file marks the pair
     complete. Each is written atomically, secrets redacted."""
-    from harness.redaction import redact
+    from harness.util.redaction import redact
 
     lines = "".join(redact(s.model_dump_json()) + "\n" for s in result.samples)
     summary = redact(json.dumps(result.model_dump(mode="json", exclude={"samples"}), indent=2, sort_keys=True))

@@ -11,7 +11,7 @@ Same machinery as the real benchmarks, so a toy sweep exercises the whole path:
 * toy_creative: chat generation judged by a judge endpoint (`ctx.judge`, else a local
   deterministic rubric judge started for the run), rescaled (s - 1) / 9 as WildBench.
 
-Data: `<domain>.jsonl` written by harness.toy.corpus, by default the copy committed with
+Data: `<domain>.jsonl` written by harness.standins.toy.corpus, by default the copy committed with
 the model (models/toy-moe/data); option `data_file` points elsewhere.
 """
 
@@ -33,7 +33,7 @@ DEFAULT_DATA_DIR = REPO / "models" / "toy-moe" / "data"
 CODE_TIMEOUT_S = 10.0
 
 
-# -- scoring (shared with the in-process evaluator, harness.toy.evaluate) ---------------------
+# -- scoring (shared with the in-process evaluator, harness.standins.toy.evaluate) ---------------------
 _ANSWER = re.compile(r"answer is\s*(-?\d+)", re.IGNORECASE)
 _INTEGER = re.compile(r"-?\d+")
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
@@ -68,7 +68,7 @@ def coding_program(code: str, tests: list[str]) -> str:
 def score_coding(outputs: list[str], items: list[dict[str, Any]], timeout_s: float = CODE_TIMEOUT_S
                  ) -> list[tuple[str, float, str]]:
     """(code, 1.0 if every held-out assert passes else 0.0, failure detail) per output, in the sandbox."""
-    from harness.sandbox import clip_output, run_python
+    from harness.sandbox.api import clip_output, run_python
 
     scored = []
     for output, item in zip(outputs, items, strict=True):
@@ -102,10 +102,10 @@ class _ToyTask(Task):
     def check_ready(self, ctx: TaskContext) -> list[str]:
         path = self.data_path()
         return [] if path.is_file() else [f"{self.name}: data file {path} not found (write it with "
-                                          "harness.toy.corpus.write_eval_data, or set the data_file option)"]
+                                          "harness.standins.toy.corpus.write_eval_data, or set the data_file option)"]
 
     def load(self, ctx: TaskContext) -> list[dict[str, Any]]:
-        from harness.toy.corpus import read_eval_items
+        from harness.standins.toy.corpus import read_eval_items
 
         problems = self.check_ready(ctx)
         if problems:
@@ -120,7 +120,7 @@ class _ToyTask(Task):
 
     def _generate(self, ctx: TaskContext, items: list[dict[str, Any]]) -> list[str]:
         """The replies' texts; their finish reasons and token counts are kept in `self._completions`
-        (recorded per sample, so a reply cut at max_tokens can be told apart: harness.failures)."""
+        (recorded per sample, so a reply cut at max_tokens can be told apart: harness.tasks.failures)."""
         from harness.tasks.client import chat_many
 
         conversations = [[{"role": "user", "content": item["question"]}] for item in items]
@@ -170,7 +170,7 @@ class ToyCoding(_ToyTask):
 
     @classmethod
     def answer_failures(cls, record: SampleRecord) -> list[str]:
-        from harness.failures import code_failures
+        from harness.tasks.failures import code_failures
 
         return code_failures(record.extracted, (record.model_extra or {}).get("entry_point"))
 

@@ -1,0 +1,1 @@
+"""From task results to the tidy table, the figures and the paired comparisons."""

@@ -1,0 +1,1 @@
+"""The isolated child process that runs generated code (coding benchmarks)."""

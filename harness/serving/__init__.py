@@ -1,0 +1,1 @@
+"""vLLM servers: start, record (so none outlives its owner), sanity-check."""

@@ -1,0 +1,1 @@
+"""Stand-ins for what this machine lacks: the zoo of tiny models, the toy model, the offline tokenizer."""

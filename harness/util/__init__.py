@@ -1,0 +1,1 @@
+"""Small shared utilities: atomic writes, secret redaction, the name registry."""
