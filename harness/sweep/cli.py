@@ -88,7 +88,11 @@ def run(cfg: SweepConfig, *, filters: Filters | None = None, force: Sequence[str
     if dry or jobs:  # a finished sweep re-run needs no estimate (and reads no weights' headers)
         from harness.sweep.costs import estimate_from_grid
 
-        estimate = estimate_from_grid(cfg, grid, store, jobs, tasks=dry)
+        try:
+            estimate = estimate_from_grid(cfg, grid, store, jobs, tasks=dry)
+        except Exception as exc:  # noqa: BLE001 — an estimate informs; it never stops a sweep
+            log.warning("no cost estimate (%s: %s); the disk and GPU-memory preflights are skipped",
+                        type(exc).__name__, exc)
     problems = preflight(cfg, grid, store, estimate, force)
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)

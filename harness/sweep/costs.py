@@ -441,12 +441,25 @@ class SweepEstimate:
         return sum(v.checkpoint.total for m in self.models for v in m.variants if v.checkpoint is not None)
 
 
+def moe_layers_of(shape: ModelShape) -> list[int]:
+    """The decoder layers with routed experts: from the family's layout where inventory knows it, else (a family
+    added from a package) the layers whose stored tensors include experts, which the headers show exactly."""
+    try:
+        return moe_layer_indices(shape.text_config)
+    except ValueError:
+        if not shape.exact:
+            raise
+        n = shape.text_config["num_hidden_layers"]
+        return sorted({i for k in shape.inventory
+                       if ".experts." in k and (i := shape.layer_of(k)) is not None and i < n})
+
+
 def model_cost(cfg, model, shape: ModelShape, variants: list[tuple[str, str, float, Any, str]]) -> ModelCost:
     """`variants`: (label, kind, ratio, stored plan or None, state) of each compressed variant."""
     from harness.calibration.run import resolve_dtype
 
     dtype = resolve_dtype(model.calibration_dtype, shape.config)
-    layers = moe_layer_indices(shape.text_config)
+    layers = moe_layers_of(shape)
     costs = []
     for label, kind, ratio, plan, state in variants:
         try:
