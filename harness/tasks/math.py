@@ -141,7 +141,7 @@ def _scan(text: str) -> tuple[str, bool]:
                 return text[:i + 1] + rest, True
             return text[:i], False
         if ch == "\\":
-            command = re.match(r"\\(?:[A-Za-z]+|.)", text[i:])
+            command = re.match(r"\\(?:[A-Za-z]+|.)?", text[i:], re.S)  # a lone trailing backslash too
             name = command.group()[1:]
             if name in ("text", "textbf", "mbox", "mathrm") and text[:i].strip():
                 return text[:i], False  # a unit after the number: "18 \text{ dollars}"

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -158,12 +157,9 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, tiny_model):
     for a, b in zip(table["provenance"], ref_table["provenance"], strict=True):
         assert json.loads(a) == json.loads(b)
 
-    started = time.monotonic()
-    noop = _run(resumed)
-    elapsed = time.monotonic() - started
+    noop = _run(resumed)  # its time is a benchmark's business (benchmarks/validation_light.py), not a test's
     assert noop.returncode == 0
     assert len(Store(work).events("computed")) == 1 + 1 + 1 + 1 + 4, "the finished sweep did work again"
-    assert elapsed < 10, f"a finished sweep took {elapsed:.1f} s to re-run"
 
 
 def test_a_checkpoint_that_does_not_fit_fails_alone_and_writes_nothing(tmp_path, tiny_model, monkeypatch):

@@ -60,7 +60,7 @@ def _harness(server, tmp: Path, tasks: list[str], *, options: dict | None = None
     assert harness_evaluate.main(args) == 0
     out = {}
     for task in tasks:
-        with open(tmp / f"{task}.samples.jsonl", encoding="utf-8") as fh:
+        with open(tmp / task / "samples.jsonl", encoding="utf-8") as fh:
             out[task] = [json.loads(line) for line in fh]
     return out
 

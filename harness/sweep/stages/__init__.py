@@ -176,7 +176,7 @@ class JobRun:
                     out.rmdir()  # a stage that failed before writing leaves nothing behind
                 raise
             store.mark_done(stage, key, {**meta, "job": label}, settings=settings)
-            store.event("computed", stage=stage, key=key, job=label)
+            store.event("computed", stage=stage, key=key, job=label, model=self.job.model)
         kill_point(stage)
         return True
 
