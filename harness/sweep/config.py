@@ -225,16 +225,20 @@ def expand_task_names(names: list[TaskSpec]) -> list[TaskSpec]:
     """Category names (coding, math, mc, creative_writing) become their paper task lists (harness.tasks.expand);
     a task's own options, limit and generation overrides go with each of its tasks. Unknown names are kept,
     for validation to report."""
-    from harness.tasks import UnknownTaskError, expand
-
     out: list[TaskSpec] = []
     for spec in names:
-        try:
-            expanded = expand([spec.name])
-        except UnknownTaskError:
-            expanded = [spec.name]
-        out += [spec.model_copy(update={"name": t}) for t in expanded if t not in {o.name for o in out}]
+        out += [spec.model_copy(update={"name": t}) for t in _task_names(spec.name) if t not in {o.name for o in out}]
     return out
+
+
+def _task_names(name: str) -> list[str]:
+    """The tasks a sweep's task entry stands for (a category's tasks); an unknown name stands for itself."""
+    from harness.tasks import UnknownTaskError, expand
+
+    try:
+        return expand([name])
+    except UnknownTaskError:
+        return [name]
 
 
 def _pydantic_problems(exc: ValidationError) -> list[str]:
@@ -382,15 +386,9 @@ def _problems(cfg: SweepConfig, base: Path, hub: HubAccess, sources: dict[str, M
 def _task_duplicates(tasks: list[TaskSpec]) -> list[str]:
     """A task named twice, directly or through a category (`math` and `gsm8k`): which entry's limit and options
     would apply is a guess, so the file must say it once."""
-    from harness.tasks import UnknownTaskError, expand
-
     given_by: dict[str, list[str]] = {}
     for spec in tasks:
-        try:
-            names = expand([spec.name])
-        except UnknownTaskError:
-            names = [spec.name]
-        for name in names:
+        for name in _task_names(spec.name):
             given_by.setdefault(name, []).append(spec.name)
     problems = []
     for name, entries in given_by.items():
