@@ -36,6 +36,7 @@ def test_the_readme_shows_every_command():
             "harness.plots", "harness.report", "harness.store", "harness.zoo"} <= modules
 
 
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # run_module of an imported module
 @pytest.mark.parametrize(("module", "sub", "options"), COMMANDS,
                          ids=[f"{m} {s or ''} {' '.join(o)}".strip() for m, s, o in COMMANDS])
 def test_readme_command_takes_its_options(module, sub, options, monkeypatch, capsys):
