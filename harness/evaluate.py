@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import harness
 from harness.tasks import UnknownTaskError, expand
 from harness.tasks.base import Endpoint, GenerationSettings, TaskContext, TaskResult
 from harness.tasks.categories import category_score
@@ -60,13 +59,12 @@ def evaluate(endpoint: Endpoint, tasks: Sequence[str], *, generation: Generation
 
 
 # -- writing ----------------------------------------------------------------------------
-def results_rows(results: Sequence[TaskResult], *, model: str, method: str = "baseline", ratio: float = 0.0,
+def summary_rows(results: Sequence[TaskResult], *, model: str, method: str = "baseline", ratio: float = 0.0,
                  family: str = "") -> list[dict[str, Any]]:
     """Tidy rows (harness.results.table schema) of one model, built as the sweep builds them (harness.results.table)."""
-    from harness.results.table import result_rows
+    from harness.results.table import measured_base, result_rows
 
-    base = {"model": model, "family": family, "method": method, "ratio": ratio, "source": "harness",
-            "harness_version": harness.__version__}
+    base = measured_base(model, method, ratio, family=family)
 
     def provenance(r: TaskResult) -> dict[str, Any]:
         keep = ("endpoint_model", "generation", "chat_template_sha256", "data_sha256", "limit")
@@ -79,7 +77,7 @@ def write_summary(results: Sequence[TaskResult], out_dir: Path, **labels: Any) -
     from harness.results.table import rows_to_frame, write_results
 
     path = out_dir / "results.csv"
-    write_results(rows_to_frame(results_rows(results, **labels)), path)
+    write_results(rows_to_frame(summary_rows(results, **labels)), path)
     return path
 
 

@@ -1,7 +1,7 @@
 """Calibration data -> token batches.
 
 Records from a local file or a Hugging Face dataset become chat-templated token
-sequences, packed into N rows of L tokens (DESIGN.md, "Statistics"). Everything that
+sequences, packed into N rows of L tokens (docs/architecture.md). Everything that
 changes the tokens lives in `CalibrationSpec`, and `spec_fingerprint` turns it into the
 calibration part of the cache key. Validating a spec or fingerprinting it does not
 import torch, transformers or `datasets`.

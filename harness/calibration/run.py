@@ -111,15 +111,11 @@ def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attenti
     The layer runs on `device`; the hidden states stay there too when they fit in half of its
     free memory, else in host memory (moved over one batch at a time).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     device = torch.device(device)
     arch = get_arch(model_dir)
-    config = AutoConfig.from_pretrained(model_dir)
-    _drop_quantisation(config)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model = _empty_model(model_dir, dtype)
     model.eval()
+    config = model.config
     inner = model.model
     weights = _LayerWeights(model_dir, dtype)
     embedding, embed_key = model.get_submodule(arch.embedding_path), f"{arch.embedding_path}.weight"
@@ -212,10 +208,16 @@ class _LayerWeights:
         return dequantise_tensors(tensors, self.format, dtype=self.dtype) if self.format.is_quantised else tensors
 
 
-def _drop_quantisation(config: Any) -> None:
-    """Build the model unquantised: the calibration drivers load dequantised weights into it."""
+def _empty_model(model_dir: str | Path, dtype: torch.dtype) -> nn.Module:
+    """The model's modules on the meta device, unquantised: the calibration drivers load (dequantised) weights
+    into it one decoder layer at a time."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
     if getattr(config, "quantization_config", None) is not None:
         del config.quantization_config
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 def resolve_devices(device: str) -> list[torch.device]:
@@ -277,13 +279,9 @@ def load_model(model_dir: str | Path, dtype: torch.dtype, devices: list[torch.de
 def _load_dequantised(model_dir: str | Path, dtype: torch.dtype, devices: list[torch.device]) -> nn.Module:
     """A quantised checkpoint as a plain model in `dtype`, dequantised one decoder layer at a time;
     decoder layers are dealt out to the devices in contiguous runs."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     arch = get_arch(model_dir)
-    config = AutoConfig.from_pretrained(model_dir)
-    _drop_quantisation(config)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model = _empty_model(model_dir, dtype)
+    config = model.config
     weights = _LayerWeights(model_dir, dtype)
     layers = arch.decoder_layers(model)
     per_device = -(-len(layers) // len(devices))

@@ -35,7 +35,7 @@ class Statistic:
     unrouted: float | None = None
 
 
-# The one list of statistics (DESIGN.md, "Statistics"). A new one is a line here plus its accumulation
+# The one list of statistics (docs/architecture.md, "Decisions"). A new one is a line here plus its accumulation
 # code in harness.calibration.observer; a method asks for an optional group through `Method.needs`.
 STATISTICS: tuple[Statistic, ...] = (
     Statistic("count", ("E",), "routed real tokens that selected expert j"),

@@ -314,6 +314,19 @@ def write_samples(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
 
 
 # -- rows from task results: the one path for the sweep and `python -m harness.evaluate` ----------------
+def measured_base(model: str, method: str, ratio: float, *, family: str = "",
+                  params: dict | None = None) -> dict:
+    """The columns every row of one variant measured here shares (`params`: the stored parameter counts,
+    total_params / activated_params; NaN when not known)."""
+    import harness
+
+    params = params or {}
+    return {"model": model, "family": family, "method": method, "ratio": ratio,
+            "total_params_b": params.get("total_params", math.nan) / 1e9,
+            "activated_params_b": params.get("activated_params", math.nan) / 1e9,
+            "source": "harness", "harness_version": harness.__version__}
+
+
 def tabulated(metric: str, value: float | None) -> bool:
     """Metrics that go into the table: fractions, not counts (n_*) or raw means (mean_*)."""
     return (value is not None and not metric.startswith(("n_", "mean_")) and math.isfinite(float(value))

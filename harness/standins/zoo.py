@@ -60,6 +60,22 @@ class ZooSpec:
     correction_bias_std: float | None = None
 
 
+# GLM-4.5-Air's layout in small; the grouped stand-in differs only in its router groups.
+_GLM: dict[str, Any] = dict(
+    head_dim=64,
+    intermediate_size=256,
+    moe_intermediate_size=64,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    n_shared_experts=1,
+    first_k_dense_replace=1,
+    routed_scaling_factor=2.5,
+    norm_topk_prob=True,
+    n_group=1,
+    topk_group=1,
+    partial_rotary_factor=0.5,
+)
+
 ZOO: dict[str, ZooSpec] = {
     spec.name: spec
     for spec in [
@@ -101,40 +117,14 @@ ZOO: dict[str, ZooSpec] = {
             "glm4_moe",
             "glm4_moe",
             "GLM-4.5-Air",
-            dict(
-                head_dim=64,
-                intermediate_size=256,
-                moe_intermediate_size=64,
-                n_routed_experts=8,
-                num_experts_per_tok=2,
-                n_shared_experts=1,
-                first_k_dense_replace=1,
-                routed_scaling_factor=2.5,
-                norm_topk_prob=True,
-                n_group=1,
-                topk_group=1,
-                partial_rotary_factor=0.5,
-            ),
+            _GLM,
             correction_bias_std=0.3,
         ),
         ZooSpec(
             "glm4_moe_grouped",
             "glm4_moe",
             "GLM-4.5-Air with group-limited routing (n_group > 1, topk_group < n_group)",
-            dict(
-                head_dim=64,
-                intermediate_size=256,
-                moe_intermediate_size=64,
-                n_routed_experts=16,
-                num_experts_per_tok=4,
-                n_shared_experts=1,
-                first_k_dense_replace=1,
-                routed_scaling_factor=2.5,
-                norm_topk_prob=True,
-                n_group=4,
-                topk_group=2,
-                partial_rotary_factor=0.5,
-            ),
+            {**_GLM, "n_routed_experts": 16, "num_experts_per_tok": 4, "n_group": 4, "topk_group": 2},
             correction_bias_std=0.3,
         ),
         ZooSpec(

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from harness.sweep.config import SweepConfig, SweepConfigError, load_sweep
+from harness.sweep.config import SweepConfig, SweepConfigError, ValidatedSweep, load_sweep
 from harness.sweep.grid import Filters, Grid, build_grid, job_graph
 from harness.sweep.stages import PIPELINE
 from harness.sweep.store import Store
@@ -72,17 +72,18 @@ def preflight(cfg: SweepConfig, grid: Grid, store: Store, estimate, force: Seque
     return problems
 
 
-def run(cfg: SweepConfig, *, filters: Filters | None = None, force: Sequence[str] = (), dry: bool = False,
+def run(sweep: ValidatedSweep, *, filters: Filters | None = None, force: Sequence[str] = (), dry: bool = False,
         progress: bool = True, until: str = "eval", executor: str | None = None,
         ray_address: str | None = None) -> int:
     """Run (or resume) a validated sweep; returns the exit code (0 = everything succeeded)."""
+    cfg = sweep.cfg
     from harness.serving.records import ServerRecords
     from harness.sweep.executors import get_executor
     from harness.sweep.stages import StageContext
     from harness.sweep.stages.collect import collect_results, write_outputs
 
     store = Store(cfg.work_path)
-    grid = build_grid(cfg, filters or Filters())
+    grid = build_grid(sweep, filters or Filters())
     jobs = job_graph(cfg, grid, store, until=until, force=force, checkpoint_memory_gb=cfg.ray.checkpoint_memory_gb)
     estimate = None
     if dry or jobs:  # a finished sweep re-run needs no estimate (and reads no weights' headers)
@@ -184,11 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.rehearse:
             from harness.sweep.rehearsal import prepare
 
-            cfg, report = prepare(args.sweep, root=args.rehearsal_dir, data_dir=args.data_dir,
+            sweep, report = prepare(args.sweep, root=args.rehearsal_dir, data_dir=args.data_dir,
                                   samples=args.rehearse_samples)
             print("\n".join(report.lines()))
         else:
-            cfg = load_sweep(args.sweep)
+            sweep = load_sweep(args.sweep)
     except (SweepConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -199,14 +200,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, stage in enumerate(PIPELINE):
         if stage in force:
             force.update(PIPELINE[i:])
-    code = run(cfg, filters=Filters.parse(args.only), force=sorted(force), dry=args.dry_run,
+    code = run(sweep, filters=Filters.parse(args.only), force=sorted(force), dry=args.dry_run,
                progress=not args.no_progress, until=args.until, executor=args.executor, ray_address=args.ray_address)
     if report is not None:
         for task, why in report.tasks_not_rehearsed.items():
             print(f"not rehearsed: {task}: {why}")
         verdict = "dry run" if args.dry_run else "passed" if code == 0 else "FAILED"
         print(f"rehearsal {verdict}: {len(report.tasks_rehearsed)} task(s) rehearsed, "
-              f"{len(report.tasks_not_rehearsed)} not; report {cfg.work_path.parent / 'rehearsal.json'}")
+              f"{len(report.tasks_not_rehearsed)} not; report {sweep.cfg.work_path.parent / 'rehearsal.json'}")
     return code
 
 

@@ -1,19 +1,23 @@
-"""The sweep file: its schema, and every check that can run before any work starts.
+"""The sweep file: its schema (`SweepConfig`, plain data), and every check that can run before any work starts.
 
 `load_sweep(path)` parses the YAML and validates the whole grid in one pass; all
 problems (unknown method, task or family, ratios outside (0, 1), infeasible expert
 counts, missing data files, missing judge settings, ...) are collected and raised
-together as one `SweepConfigError`, so a researcher fixes the file once.
+together as one `SweepConfigError`, so a researcher fixes the file once. What validation
+resolved comes back with the sweep as a `ValidatedSweep` (each model's source, the
+statistics the methods need, the folders made absolute); nothing is left on the schema.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.calibration.data import CalibrationSpec
 from harness.checkpoint.hub import HubAccess, ModelSource
@@ -165,39 +169,18 @@ class SweepConfig(Strict):
     def _task_shorthand(cls, value: Any) -> Any:
         return [{"name": v} if isinstance(v, str) else v for v in value or []]
 
-    # Relative paths in the file are relative to this folder (the working directory at load time).
-    _base: Path = PrivateAttr(default_factory=Path.cwd)
-    # Which Hugging Face cache and whether the hub may be asked; each model as validation resolved it.
-    _hub: HubAccess = PrivateAttr(default_factory=HubAccess)
-    _sources: dict[str, ModelSource] = PrivateAttr(default_factory=dict)
-
-    @property
-    def hub(self) -> HubAccess:
-        return self._hub
-
-    def source(self, model: ModelSpec) -> ModelSource:
-        """The model as validation resolved it (local directory, or hub id at a commit)."""
-        return self._sources[model.name]
-
-    @property
-    def base(self) -> Path:
-        return self._base
-
-    def path_of(self, value: str | None, default: str) -> Path:
-        path = Path(value or default).expanduser()
-        return path if path.is_absolute() else (self.base / path).resolve()
-
+    # Relative folders are relative to the folder the sweep was loaded from; load_sweep makes them absolute.
     @property
     def work_path(self) -> Path:
-        return self.path_of(self.work_dir, f"work/{self.name}")
+        return anchored(self.work_dir, f"work/{self.name}")
 
     @property
     def results_path(self) -> Path:
-        return self.path_of(self.results_dir, f"results/{self.name}")
+        return anchored(self.results_dir, f"results/{self.name}")
 
     @property
     def data_path(self) -> Path | None:
-        return self.path_of(self.data_dir, "") if self.data_dir else None
+        return anchored(self.data_dir, "") if self.data_dir else None
 
     def task_generation(self, task: TaskSpec, model: ModelSpec) -> GenerationSettings:
         merged = {**self.generation.model_dump(), **task.generation}
@@ -211,20 +194,51 @@ class SweepConfig(Strict):
         return Endpoint(base_url=self.judge.base_url, model=self.judge.model, api_key_env=self.judge.api_key_env)
 
 
+def anchored(value: str | None, default: str, base: Path | None = None) -> Path:
+    """A folder of the sweep file: `value` (else `default`), relative ones under `base` (default: the working
+    directory)."""
+    path = Path(value or default).expanduser()
+    return path if path.is_absolute() else ((base or Path.cwd()) / path).resolve()
+
+
+@dataclass(frozen=True)
+class ValidatedSweep:
+    """A sweep that passed validation, and what validation resolved on the way: the one input of the grid.
+
+    `cfg` is the file's schema with its folders (work_dir, results_dir, data_dir) made absolute against `base`;
+    `sources` maps each model's name to where its weights are (a local directory, or a hub id at a commit);
+    `needs` are the calibration statistics the sweep's methods need beyond the routed ones.
+    """
+
+    cfg: SweepConfig
+    base: Path
+    hub: HubAccess
+    sources: Mapping[str, ModelSource]
+    needs: frozenset[str]
+
+    def source(self, model: ModelSpec) -> ModelSource:
+        """The model as validation resolved it."""
+        return self.sources[model.name]
+
+
 def expand_task_names(names: list[TaskSpec]) -> list[TaskSpec]:
     """Category names (coding, math, mc, creative_writing) become their paper task lists (harness.tasks.expand);
     a task's own options, limit and generation overrides go with each of its tasks. Unknown names are kept,
     for validation to report."""
-    from harness.tasks import UnknownTaskError, expand
-
     out: list[TaskSpec] = []
     for spec in names:
-        try:
-            expanded = expand([spec.name])
-        except UnknownTaskError:
-            expanded = [spec.name]
-        out += [spec.model_copy(update={"name": t}) for t in expanded if t not in {o.name for o in out}]
+        out += [spec.model_copy(update={"name": t}) for t in _task_names(spec.name) if t not in {o.name for o in out}]
     return out
+
+
+def _task_names(name: str) -> list[str]:
+    """The tasks a sweep's task entry stands for (a category's tasks); an unknown name stands for itself."""
+    from harness.tasks import UnknownTaskError, expand
+
+    try:
+        return expand([name])
+    except UnknownTaskError:
+        return [name]
 
 
 def _pydantic_problems(exc: ValidationError) -> list[str]:
@@ -235,8 +249,10 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
     return problems
 
 
-def _model_problems(cfg: SweepConfig, model: ModelSpec, index: int) -> list[str]:
-    """Resolve the model (local directory, or hub id -> commit in the cache or on the hub) and check its layout."""
+def _model_problems(cfg: SweepConfig, model: ModelSpec, index: int, base: Path, hub: HubAccess,
+                    sources: dict[str, ModelSource]) -> list[str]:
+    """Resolve the model (local directory, or hub id -> commit in the cache or on the hub) into `sources` and check
+    its layout."""
     from harness.archs import get_arch, read_config, supported_families
     from harness.checkpoint.hub import ModelUnavailableError, looks_local, resolve
     from harness.methods.constraints import ExpertConstraints, InfeasibleRatioError
@@ -248,12 +264,12 @@ def _model_problems(cfg: SweepConfig, model: ModelSpec, index: int) -> list[str]
     if model.family is not None and model.family not in families:
         return [f"{where}: unknown family {model.family!r}; supported: {', '.join(families)}"]
     try:
-        source = resolve(model.path, model.revision, cfg.base, cfg.hub)
+        source = resolve(model.path, model.revision, base, hub)
     except ModelUnavailableError as exc:
         problems.append(f"{where}: {exc}")
         source = None
     if source is not None:
-        cfg._sources[model.name] = source
+        sources[model.name] = source
         try:
             arch = get_arch(read_config(source.metadata_dir))
         except (FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
@@ -300,11 +316,12 @@ def _calibration_data_problems(cfg: SweepConfig, source) -> list[str]:
     return data_problems(cfg.calibration, tokenizer)
 
 
-def validate(cfg: SweepConfig) -> list[str]:
-    """Every problem of a parsed sweep, without loading any model or dataset."""
+def _problems(cfg: SweepConfig, base: Path, hub: HubAccess, sources: dict[str, ModelSource],
+              needs: set[str]) -> list[str]:
+    """Every problem of a parsed sweep (its folders already absolute), without loading any model or dataset;
+    fills `sources` with each model it resolved and `needs` with the statistics the methods need."""
     from harness.methods import UnknownMethodError, get_method, method_names
     from harness.tasks import UnknownTaskError, get_task_class
-    from harness.tasks.base import TaskContext
 
     problems: list[str] = []
     for ratio in cfg.ratios:
@@ -324,7 +341,7 @@ def validate(cfg: SweepConfig) -> list[str]:
         problems.append(f"methods: {dup!r} appears twice; give one a `label:`")
     for i, method in enumerate(cfg.methods):
         try:
-            get_method(method.name, method.config)
+            needs.update(get_method(method.name, method.config).needs)
         except UnknownMethodError:
             problems.append(f"methods[{i}]: unknown method {method.name!r}; known: {', '.join(method_names())}")
         except ValidationError as exc:
@@ -333,7 +350,7 @@ def validate(cfg: SweepConfig) -> list[str]:
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"models: name {dup!r} appears twice")
     for i, model in enumerate(cfg.models):
-        problems += _model_problems(cfg, model, i)
+        problems += _model_problems(cfg, model, i, base, hub, sources)
 
     data_dir = cfg.data_path
     if data_dir is not None and not data_dir.is_dir():
@@ -360,28 +377,18 @@ def validate(cfg: SweepConfig) -> list[str]:
         if task.needs_judge and cfg.judge is None:
             problems.append(f"tasks ({spec.name}): a judged task needs a `judge:` section "
                             "(base_url + model [+ api_key_env], or serve: rubric)")
-        # The sweep gives every task the served model's tokenizer and the judge; readiness is about data.
-        first = cfg._sources.get(cfg.models[0].name) if cfg.models else None
-        placeholder = Endpoint(base_url="http://validation.invalid/v1", model="validation",
-                               tokenizer=str(first.metadata_dir) if first else cfg.models[0].path)
-        judge = placeholder if cfg.judge is not None else None
-        ctx = TaskContext(endpoint=placeholder, data_dir=data_dir, judge=judge)
-        problems += task.check_ready(ctx)
+        # The sweep gives every task the served model's tokenizer and the judge (checked above): what is left
+        # to check before any server exists is the task's data.
+        problems += task.check_data(data_dir)
     return problems
 
 
 def _task_duplicates(tasks: list[TaskSpec]) -> list[str]:
     """A task named twice, directly or through a category (`math` and `gsm8k`): which entry's limit and options
     would apply is a guess, so the file must say it once."""
-    from harness.tasks import UnknownTaskError, expand
-
     given_by: dict[str, list[str]] = {}
     for spec in tasks:
-        try:
-            names = expand([spec.name])
-        except UnknownTaskError:
-            names = [spec.name]
-        for name in names:
+        for name in _task_names(spec.name):
             given_by.setdefault(name, []).append(spec.name)
     problems = []
     for name, entries in given_by.items():
@@ -454,8 +461,27 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def validate(cfg: SweepConfig, *, base: Path | None = None, hub: HubAccess | None = None,
+             source: str = "sweep") -> ValidatedSweep:
+    """The parsed sweep `cfg` validated: its relative folders anchored at `base` (default: the working directory),
+    its models resolved through `hub` (default: the environment's cache and offline mode). Raises SweepConfigError
+    (named after `source`) listing every problem."""
+    base = (base or Path.cwd()).resolve()
+    hub = hub or HubAccess()
+    cfg = cfg.model_copy(update={
+        "work_dir": str(anchored(cfg.work_dir, f"work/{cfg.name}", base)),
+        "results_dir": str(anchored(cfg.results_dir, f"results/{cfg.name}", base)),
+        "data_dir": str(anchored(cfg.data_dir, "", base)) if cfg.data_dir else None})
+    sources: dict[str, ModelSource] = {}
+    needs: set[str] = set()
+    problems = _problems(cfg, base, hub, sources, needs)
+    if problems:
+        raise SweepConfigError(source, problems)
+    return ValidatedSweep(cfg, base, hub, sources, frozenset(needs))
+
+
 def load_sweep(path: str | Path, base: Path | None = None, hub: HubAccess | None = None,
-               raw: dict[str, Any] | None = None) -> SweepConfig:
+               raw: dict[str, Any] | None = None) -> ValidatedSweep:
     """Parse and validate a sweep file (or its already-read mapping `raw`); raises SweepConfigError
     listing every problem. `hub` chooses the Hugging Face cache and offline mode (default: the environment's)."""
     if raw is None:
@@ -464,9 +490,4 @@ def load_sweep(path: str | Path, base: Path | None = None, hub: HubAccess | None
         cfg = SweepConfig(**raw)
     except ValidationError as exc:
         raise SweepConfigError(str(path), _pydantic_problems(exc)) from None
-    cfg._base = (base or Path.cwd()).resolve()
-    cfg._hub = hub or HubAccess()
-    problems = validate(cfg)
-    if problems:
-        raise SweepConfigError(str(path), problems)
-    return cfg
+    return validate(cfg, base=base, hub=hub, source=str(path))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.checkpoint.hub import ModelSource
-from harness.sweep.config import MethodSpec, ModelSpec, SweepConfig, TaskSpec, expand_task_names
+from harness.sweep.config import MethodSpec, ModelSpec, SweepConfig, TaskSpec, ValidatedSweep, expand_task_names
 from harness.sweep.store import Store, stage_key
 
 BASELINE = "baseline"
@@ -109,11 +109,11 @@ class Filters:
                 and (not self.ratios or variant.method is None or variant.ratio in self.ratios))
 
 
-def _method_settings(spec: MethodSpec) -> tuple[dict[str, Any], set[str]]:
+def _method_settings(spec: MethodSpec) -> dict[str, Any]:
+    """The method's config with its defaults filled in: what its plan key hashes."""
     from harness.methods import get_method
 
-    method = get_method(spec.name, spec.config)
-    return method.config.model_dump(mode="json"), set(method.needs)
+    return get_method(spec.name, spec.config).config.model_dump(mode="json")
 
 
 def _data_checksums(cfg: SweepConfig, task) -> dict[str, str]:
@@ -124,16 +124,16 @@ def _data_checksums(cfg: SweepConfig, task) -> dict[str, str]:
     return {str(p.relative_to(cfg.data_path)): file_sha256(p) for p in task.data_files(cfg.data_path) if p.is_file()}
 
 
-def build_grid(cfg: SweepConfig, filters: Filters | None = None) -> Grid:
-    """Every variant and its stage keys."""
+def build_grid(sweep: ValidatedSweep, filters: Filters | None = None) -> Grid:
+    """Every variant of a validated sweep and its stage keys."""
     from harness.archs import get_arch, read_config
     from harness.calibration.run import calibration_settings_for
     from harness.tasks import get_task_class
 
+    cfg, needs = sweep.cfg, set(sweep.needs)
     filters = filters or Filters()
     tasks = [t for t in expand_task_names(cfg.tasks) if not filters.tasks or t.name in filters.tasks]
-    method_info = {m.result_name: _method_settings(m) for m in cfg.methods}
-    needs = set().union(*(n for _, n in method_info.values())) if method_info else set()
+    method_configs = {m.result_name: _method_settings(m) for m in cfg.methods}
     task_info = {}
     for spec in tasks:
         task = get_task_class(spec.name)(spec.options)
@@ -142,7 +142,7 @@ def build_grid(cfg: SweepConfig, filters: Filters | None = None) -> Grid:
 
     models = []
     for model in cfg.models:
-        source = cfg.source(model)
+        source = sweep.source(model)
         calib_settings = calibration_settings_for(source, cfg.calibration, extras=needs, dtype=model.calibration_dtype)
         calib_key = stage_key("calibration", calib_settings)
         if model.family is None:
@@ -153,8 +153,8 @@ def build_grid(cfg: SweepConfig, filters: Filters | None = None) -> Grid:
         jobs = ModelJobs(model, source, calib_settings, calib_key, needs, variants)
         for v in variants:
             if v.method is not None:
-                config, _ = method_info[v.method.result_name]
-                v.plan_settings = {"calibration": calib_key, "method": v.method.name, "config": config,
+                v.plan_settings = {"calibration": calib_key, "method": v.method.name,
+                                   "config": method_configs[v.method.result_name],
                                    "ratio": v.ratio}
                 v.plan_key = stage_key("plan", v.plan_settings)
                 v.checkpoint_settings = {"plan": v.plan_key, "materialisation": cfg.materialisation}

@@ -40,7 +40,7 @@ from harness.serving.vllm import serves_quantised_weights
 
 log = logging.getLogger("harness.sweep.rehearsal")
 
-SEED_MODELS = Path(__file__).with_name("seed_models.yaml")
+SEED_MODELS = Path(__file__).resolve().parents[1] / "seed_models.yaml"  # harness/seed_models.yaml
 HUB_ORG = "rehearsal"
 # Stand-ins: at most this many experts unless the ratios need more to stay (in)feasible as on the real model.
 MIN_STAND_IN_EXPERTS = 16
@@ -379,13 +379,13 @@ def default_data_dir(raw: dict[str, Any], base: Path) -> Path | None:
     given = raw.get("data_dir")
     if given and (base / given).expanduser().is_dir():
         return (base / given).expanduser().resolve()
-    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    shared = Path(__file__).resolve().parents[3] / "shared" / "datasets"
     return shared if shared.is_dir() else None
 
 
 def prepare(sweep_file: str | Path, *, root: str | Path | None = None, data_dir: str | Path | None = None,
             samples: int = TASK_SAMPLES, base: Path | None = None):
-    """Build the stand-ins and return (validated rehearsal SweepConfig, report)."""
+    """Build the stand-ins and return (the validated rehearsal sweep, report)."""
     from harness.sweep.config import load_sweep, read_sweep_file
 
     base = (base or Path.cwd()).resolve()
@@ -397,6 +397,6 @@ def prepare(sweep_file: str | Path, *, root: str | Path | None = None, data_dir:
     root.mkdir(parents=True, exist_ok=True)
     (root / "sweep.yaml").write_text(yaml.safe_dump(rehearsed, sort_keys=False))
     (root / "rehearsal.json").write_text(json.dumps(asdict(report), indent=1, sort_keys=True) + "\n")
-    cfg = load_sweep(root / "sweep.yaml", base=base, hub=HubAccess(cache_dir=root / "hub", offline=True),
-                     raw=rehearsed)
-    return cfg, report
+    sweep = load_sweep(root / "sweep.yaml", base=base, hub=HubAccess(cache_dir=root / "hub", offline=True),
+                       raw=rehearsed)
+    return sweep, report

@@ -146,11 +146,16 @@ class Task(ABC):
         """Files this task reads under `data_dir` (checked before a sweep starts)."""
         return []
 
-    def check_ready(self, ctx: TaskContext) -> list[str]:
-        """Problems that would stop this task (missing files, missing judge); empty = ready."""
-        if ctx.data_dir is None:
+    def check_data(self, data_dir: Path | None) -> list[str]:
+        """Problems with this task's data under `data_dir` (missing files): what a sweep checks before any model
+        is served; empty = the data is there."""
+        if data_dir is None:
             return []
-        return [f"{self.name}: missing data file {p}" for p in self.data_files(ctx.data_dir) if not p.exists()]
+        return [f"{self.name}: missing data file {p}" for p in self.data_files(data_dir) if not p.exists()]
+
+    def check_ready(self, ctx: TaskContext) -> list[str]:
+        """Problems that would stop this task here (its data, a missing judge or tokenizer); empty = ready."""
+        return self.check_data(ctx.data_dir)
 
     def not_run_reason(self, ctx: TaskContext) -> str:
         """Why `run` would return status "not_run" here (an optional data file absent); "" when it would run."""

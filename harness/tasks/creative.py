@@ -126,7 +126,11 @@ class WildBenchCreative(Task):
         problems = []
         if ctx.judge is None:
             problems.append(f"{self.name}: needs a judge endpoint (--judge-base-url and --judge-model)")
-        paths = [p for p in (self._data_path(ctx.data_dir), self._template_path(ctx.data_dir)) if p is not None]
+        return problems + self.check_data(ctx.data_dir)
+
+    def check_data(self, data_dir: Path | None) -> list[str]:
+        problems = []
+        paths = [p for p in (self._data_path(data_dir), self._template_path(data_dir)) if p is not None]
         for path in paths:
             if not path.exists():
                 hint = (" (WildBench prompts are not in the offline datasets: export allenai/WildBench v2 test "

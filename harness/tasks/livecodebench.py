@@ -461,11 +461,11 @@ class LiveCodeBench(Task):
     def data_files(self, data_dir: Path) -> list[Path]:
         return [data_dir / LOCAL_SUBDIR / name for name in release_files(self.options.release_version)]
 
-    def check_ready(self, ctx: TaskContext) -> list[str]:
-        if self.options.source == "local" and ctx.data_dir is None:
+    def check_data(self, data_dir: Path | None) -> list[str]:
+        if self.options.source == "local" and data_dir is None:
             return [f"{self.name}: source 'local' needs a data_dir"]
         if self.options.source == "local":
-            return super().check_ready(ctx)
+            return super().check_data(data_dir)
         return []
 
     def _local_paths(self, ctx: TaskContext) -> list[Path] | None:

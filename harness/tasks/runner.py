@@ -62,3 +62,13 @@ def write_task_result(result: TaskResult, out_dir: Path) -> None:
     summary = redact(json.dumps(result.model_dump(mode="json", exclude={"samples"}), indent=2, sort_keys=True))
     atomic_write(out_dir / SAMPLES_FILE, lambda p: Path(p).write_text(lines))
     atomic_write(out_dir / RESULT_FILE, lambda p: Path(p).write_text(summary + "\n"))
+
+
+def read_task_result(out_dir: Path) -> TaskResult:
+    """What write_task_result wrote: the result with its samples again."""
+    from harness.tasks.base import SampleRecord
+
+    result = TaskResult.model_validate_json((out_dir / RESULT_FILE).read_text())
+    result.samples = [SampleRecord.model_validate_json(line)
+                      for line in (out_dir / SAMPLES_FILE).read_text().splitlines()]
+    return result

@@ -99,7 +99,7 @@ class _ToyTask(Task):
     def data_path(self) -> Path:
         return Path(self.options.data_file) if self.options.data_file else DEFAULT_DATA_DIR / f"{self.domain}.jsonl"
 
-    def check_ready(self, ctx: TaskContext) -> list[str]:
+    def check_data(self, data_dir: Path | None) -> list[str]:
         path = self.data_path()
         return [] if path.is_file() else [f"{self.name}: data file {path} not found (write it with "
                                           "harness.standins.toy.corpus.write_eval_data, or set the data_file option)"]

@@ -115,8 +115,8 @@ def test_compare_on_a_sweep_results_folder_scores_categories_as_its_table(zoo_di
             "work_dir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results"), "plots": False,
             "category_tasks": {"coding": ["humaneval_plus"], "mc": ["arc_easy"]}}
     (tmp_path / "cmp.yaml").write_text(yaml.safe_dump(body))
-    cfg = load_sweep(tmp_path / "cmp.yaml")
-    grid = build_grid(cfg)
+    sweep = load_sweep(tmp_path / "cmp.yaml")
+    cfg, grid = sweep.cfg, build_grid(sweep)
     store = Store(cfg.work_path)
     rng = np.random.default_rng(3)
     for variant in grid.models[0].variants:

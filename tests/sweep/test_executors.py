@@ -223,15 +223,15 @@ def test_done_records_describe_themselves_and_a_task_version_recomputes_that_tas
     shutil.copytree(reference, tmp_path / "copy")
     sweep = _sweep(tmp_path / "copy", tiny_model)
     monkeypatch.chdir(REPO)
-    cfg = load_sweep(sweep)
-    before = build_grid(cfg)
+    validated = load_sweep(sweep)
+    before = build_grid(validated)
     monkeypatch.setattr(GSM8K, "version", GSM8K.version + ".next")  # its prompt or scorer changed
-    after = build_grid(cfg)
+    after = build_grid(validated)
     for v_before, v_after in zip(before.models[0].variants, after.models[0].variants, strict=True):
         assert v_before.eval_keys["gsm8k"] != v_after.eval_keys["gsm8k"]
         assert v_before.eval_keys["math500"] == v_after.eval_keys["math500"]
     work = tmp_path / "copy" / "work"
     computed = len(Store(work).events("computed"))
-    assert run(cfg, progress=False) == 0
+    assert run(validated, progress=False) == 0
     new = Store(work).events("computed")[computed:]
     assert sorted(e["job"].split(" / ")[-1] for e in new) == ["gsm8k", "gsm8k"], new

@@ -161,8 +161,8 @@ def test_directories_that_cannot_be_created_are_named(tmp_path, grouped_glm):
     assert f"results_dir: cannot create {blocker / 'res'}" in text
     assert not (tmp_path / "work").exists()
     # A writable parent is fine: nothing is created by validation.
-    cfg = load_sweep(_write(tmp_path, _small_sweep(tmp_path, grouped_glm, work_dir=str(tmp_path / "new" / "w"))))
-    assert cfg.work_path == tmp_path / "new" / "w" and not (tmp_path / "new").exists()
+    sweep = load_sweep(_write(tmp_path, _small_sweep(tmp_path, grouped_glm, work_dir=str(tmp_path / "new" / "w"))))
+    assert sweep.cfg.work_path == tmp_path / "new" / "w" and not (tmp_path / "new").exists()
 
 
 def test_read_only_filesystem_is_named(tmp_path, grouped_glm, monkeypatch):
@@ -265,3 +265,29 @@ def test_judge_preflight_before_any_work(tmp_path, grouped_glm, monkeypatch, cap
     assert not any((tmp_path / "work").glob("calibration/*")), "work was done before the preflight"
     path = _write(tmp_path, _small_sweep(tmp_path, grouped_glm, tasks=["toy_creative"], judge={"serve": "rubric"}))
     assert main([str(path), "--dry-run", "--no-progress"]) == 0
+
+
+def test_validation_returns_what_it_resolved_and_leaves_the_schema_plain(tmp_path, grouped_glm, monkeypatch):
+    """load_sweep gives back the sweep with what validation found (model sources, statistics needs, folders made
+    absolute against the base folder); the schema itself carries no state, so validating twice from two folders
+    gives two answers and the first is unchanged."""
+    from harness.archs import read_config
+    from harness.methods.hc_smoe import HCSMoE
+    from harness.methods.ream import REAM
+
+    body = _small_sweep(tmp_path, grouped_glm, methods=["frequency", "hc_smoe", "ream"], work_dir="w",
+                        results_dir="r", data_dir="d")
+    (tmp_path / "a" / "d").mkdir(parents=True)
+    (tmp_path / "b" / "d").mkdir(parents=True)
+    path = _write(tmp_path, body)
+    monkeypatch.chdir(tmp_path / "b")  # the working directory is only the default base
+    first = load_sweep(path, base=tmp_path / "a")
+    second = load_sweep(path)
+    assert (first.cfg.work_path, first.cfg.results_path, first.cfg.data_path) == (
+        tmp_path / "a" / "w", tmp_path / "a" / "r", tmp_path / "a" / "d")
+    assert second.cfg.work_path == tmp_path / "b" / "w" and first.cfg.work_path == tmp_path / "a" / "w"
+    assert first.needs == HCSMoE.needs | REAM.needs == {"mean_out", "gated_out", "router_similarity"}
+    source = first.source(first.cfg.models[0])
+    assert source.directory() == grouped_glm.resolve()
+    assert read_config(source.metadata_dir) == read_config(grouped_glm)
+    assert not SweepConfig.__private_attributes__  # nothing hidden on the schema

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from harness.evaluate import expand_tasks, results_rows
+from harness.evaluate import expand_tasks, summary_rows
 from harness.results.table import read_results, tabulated
 from harness.tasks import UnknownTaskError
 from harness.tasks.base import SampleRecord, TaskResult
@@ -33,14 +33,14 @@ def test_expand_tasks_categories_names_and_errors():
         expand_tasks(" , ")
 
 
-def test_results_rows_tabulate_fractions_and_category_means():
+def test_summary_rows_tabulate_fractions_and_category_means():
     def result(task, score, status="ok"):
         return TaskResult(task=task, category="math", status=status, score=score, n_samples=2,
                           metrics={"accuracy": score, "n_extracted": 2.0, "mean_completion_tokens": 30.0}
                           if score is not None else {},
                           samples=[SampleRecord(sample_id="0", prompt="p", output="o", score=1.0)])
 
-    rows = results_rows([result("gsm8k", 0.5), result("math500", 0.25), result("x", None, "not_run")], model="m")
+    rows = summary_rows([result("gsm8k", 0.5), result("math500", 0.25), result("x", None, "not_run")], model="m")
     # The same rows the sweep writes: every fraction metric, the task's category contribution ("score"), the
     # failure kinds of its samples (the reply "o" has no extractable answer; without a finish reason truncation is
     # unknown, so no row), then the category mean; counts and raw means stay out.

@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import harness
 from harness.sweep.config import SweepConfig
 from harness.sweep.grid import Grid
 from harness.sweep.store import Store
@@ -45,8 +44,9 @@ def collect_results(cfg: SweepConfig, store: Store, grid: Grid):
     """(results table, samples table), either None when nothing is stored yet."""
     import pandas as pd
 
-    from harness.results.table import result_rows, rows_to_frame
-    from harness.tasks.base import SampleRecord, TaskResult
+    from harness.results.table import measured_base, result_rows, rows_to_frame
+    from harness.tasks.base import TaskResult
+    from harness.tasks.runner import read_task_result
 
     rows: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
@@ -59,10 +59,7 @@ def collect_results(cfg: SweepConfig, store: Store, grid: Grid):
                 key = v.eval_keys[spec.name]
                 if not store.is_done("eval", key):
                     continue
-                out = store.dir("eval", key)
-                result = TaskResult.model_validate_json((out / "result.json").read_text())
-                result.samples = [SampleRecord.model_validate_json(line)
-                                  for line in (out / "samples.jsonl").read_text().splitlines()]
+                result = read_task_result(store.dir("eval", key))
                 results.append(result)  # result_rows reads the failure kinds from its samples
                 for record in result.samples:
                     if (record.model_extra or {}).get("excluded"):  # e.g. an unparseable judge reply
@@ -71,12 +68,7 @@ def collect_results(cfg: SweepConfig, store: Store, grid: Grid):
                                     "task": result.task, "category": result.category,
                                     "sample_id": record.sample_id, "score": record.score,
                                     **sample_details(result.task, record)})
-            base = {
-                "model": mj.model.name, "family": mj.model.family or "", "method": v.method_name, "ratio": v.ratio,
-                "total_params_b": params.get("total_params", float("nan")) / 1e9,
-                "activated_params_b": params.get("activated_params", float("nan")) / 1e9,
-                "source": "harness", "harness_version": harness.__version__,
-            }
+            base = measured_base(mj.model.name, v.method_name, v.ratio, family=mj.model.family or "", params=params)
 
             def provenance(r: TaskResult, v=v) -> str:
                 stable = {k: x for k, x in r.provenance.items() if k not in WALL_CLOCK}
