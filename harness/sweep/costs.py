@@ -341,19 +341,23 @@ def _count_rows(path: Path) -> int:
 
 
 def task_prompts(task, data_dir: Path | None, limit: int | None) -> int | None:
-    """Prompts the task sends per variant: its data's rows (the first data file, or a toy task's file),
-    capped by `limit`; None when the data is remote and no limit is set."""
-    files = []
+    """Prompts the task sends per variant: the rows of its data files (a toy task's file; the few-shot and
+    template files aside), capped by `limit`; None when the data is remote (or absent) and no limit is set."""
+    if hasattr(task, "prompt_count"):  # a task that selects its prompts itself (MMLU)
+        return task.prompt_count(limit)
     if hasattr(task, "data_path"):
         files = [Path(task.data_path())]
     elif data_dir is not None:
-        files = task.data_files(data_dir)[:1]
-    rows = None
-    if files and files[0].is_file():
-        rows = _count_rows(files[0])
+        files = [p for p in task.data_files(data_dir) if p.name.endswith(_DATA_SUFFIXES)]
+    else:
+        files = []
+    rows = sum(_count_rows(p) for p in files) if files and all(p.is_file() for p in files) else None
     if limit is not None:
         return min(limit, rows) if rows is not None else limit
     return rows
+
+
+_DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
 
 @dataclass
