@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,16 +34,29 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _timed(checkout: Path, args: list[str]) -> float:
+# `python -m` would put the working directory (this repository) first on sys.path, ahead of PYTHONPATH; the
+# checkout under test goes first instead, whichever it is.
+_RUN = ("import runpy, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "import harness\n"
+        "assert harness.__file__.startswith(sys.argv[1]), harness.__file__\n"
+        "sys.argv = ['harness.sweep'] + sys.argv[2:]\n"
+        "runpy.run_module('harness.sweep', run_name='__main__')\n")
+
+
+def _timed(checkout: Path, args: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one run in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "harness.sweep", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True)
+    done = subprocess.run([sys.executable, "-c", _RUN, str(checkout), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"{checkout}: harness.sweep {' '.join(args)} exited {done.returncode}:\n"
                            f"{done.stderr[-3000:]}")
-    return elapsed
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def _fully_cached(sweep: Path) -> bool:
@@ -67,7 +81,7 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "harness.sweep", str(sweep), "--no-progress"], cwd=REPO, check=True,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     checkouts = [REPO, *(p.resolve() for p in args.baseline)]
-    times: dict[tuple[str, Path], list[float]] = {}
+    times: dict[tuple[str, Path], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / f"{sweep.stem}-fresh.yaml"
         body = yaml.safe_load(sweep.read_text())
@@ -81,12 +95,17 @@ def main() -> int:
             for case, argv in cases.items():
                 for checkout in checkouts:
                     times.setdefault((case, checkout), []).append(_timed(checkout, argv))
-    print(f"\n{args.sweep}, {args.repeat} run(s) each, seconds (median / fastest); load average now "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPU(s)")
-    print(f"{'case':<26}" + "".join(f"{str(c):>34}" for c in checkouts))
+    print(f"\n{args.sweep}, {args.repeat} run(s) each: wall seconds median / fastest, and CPU seconds (user + "
+          f"system, what an idle machine would take) median; load average now {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPU(s)")
+    print(f"{'case':<26}" + "".join(f"{str(c):>40}" for c in checkouts))
     for case in cases:
-        cells = [times[(case, c)] for c in checkouts]
-        print(f"{case:<26}" + "".join(f"{statistics.median(t):>26.1f} / {min(t):>5.1f}" for t in cells))
+        cells = []
+        for c in checkouts:
+            wall = [w for w, _ in times[(case, c)]]
+            cpu = [u for _, u in times[(case, c)]]
+            cells.append(f"{statistics.median(wall):.1f} / {min(wall):.1f} s wall, {statistics.median(cpu):.1f} s CPU")
+        print(f"{case:<26}" + "".join(f"{cell:>40}" for cell in cells))
     return 0
 
 

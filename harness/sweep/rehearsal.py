@@ -40,7 +40,7 @@ from harness.serving.vllm import serves_quantised_weights
 
 log = logging.getLogger("harness.sweep.rehearsal")
 
-SEED_MODELS = Path(__file__).with_name("seed_models.yaml")
+SEED_MODELS = Path(__file__).resolve().parents[1] / "seed_models.yaml"  # harness/seed_models.yaml
 HUB_ORG = "rehearsal"
 # Stand-ins: at most this many experts unless the ratios need more to stay (in)feasible as on the real model.
 MIN_STAND_IN_EXPERTS = 16
