@@ -36,8 +36,10 @@ _EXPERT_WIDTH_KEY = {"mixtral": "intermediate_size", "llama4_text": "intermediat
 
 def scaled(family: str) -> dict:
     """Overrides that make a zoo family's weights a few hundred MB: 4 layers, hidden 1024, 32 experts of 768."""
-    found = {"hidden_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8, _EXPERTS_KEY[family]: 32,
+    found = {"hidden_size": 1024, "num_hidden_layers": 4, _EXPERTS_KEY[family]: 32,
              _EXPERT_WIDTH_KEY.get(family, "moe_intermediate_size"): 768}
+    if family != "deepseek_v3":  # its attention (MLA) keeps the zoo's heads and latent sizes
+        found["num_attention_heads"] = 8
     if family == "glm4_moe_grouped":
         found["n_group"] = 4
     if family not in ("deepseek_v3",):

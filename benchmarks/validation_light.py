@@ -2,6 +2,7 @@
 stays light; goal under 5 s each for the demo).
 
     .venv/bin/python benchmarks/validation_light.py [--sweep sweeps/tiny.yaml] [--repeat 3] [--baseline DIR ...]
+                                                    [--dry-run-only]
 
 For each checkout (this one, then every `--baseline DIR`, e.g. `git archive <commit> | tar -x -C DIR`) it times,
 in fresh processes with `PYTHONPATH` set to the checkout and the repository root as working directory:
@@ -12,6 +13,7 @@ in fresh processes with `PYTHONPATH` set to the checkout and the repository root
 - `dry run, nothing cached`: `--dry-run` of a copy of the sweep whose work and results directories are empty
   (what a new user sees first: calibration still to do, so its data is checked).
 
+`--dry-run-only` times the sweep's `--dry-run` as its work directory stands (nothing is run first).
 Runs alternate between checkouts so that a machine's changing load falls on all of them alike; the table gives
 the median and the fastest of `--repeat` runs.
 """
@@ -74,9 +76,10 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--baseline", action="append", default=[], type=Path, metavar="DIR",
                         help="another checkout to time the same way (e.g. the commit before a change)")
+    parser.add_argument("--dry-run-only", action="store_true", help="only `--dry-run`, on the work directory as is")
     args = parser.parse_args()
     sweep = (REPO / args.sweep).resolve()
-    if not _fully_cached(sweep):
+    if not args.dry_run_only and not _fully_cached(sweep):
         print(f"{args.sweep} is not fully computed yet: running it once first (this is the long part)", flush=True)
         subprocess.run([sys.executable, "-m", "harness.sweep", str(sweep), "--no-progress"], cwd=REPO, check=True,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -91,6 +94,8 @@ def main() -> int:
         cases = {"cached rerun": [str(sweep), "--no-progress"],
                  "dry run, cached": [str(sweep), "--dry-run", "--no-progress"],
                  "dry run, nothing cached": [str(fresh), "--dry-run", "--no-progress"]}
+        if args.dry_run_only:
+            cases = {"dry run": [str(sweep), "--dry-run", "--no-progress"]}
         for _ in range(args.repeat):
             for case, argv in cases.items():
                 for checkout in checkouts:
