@@ -128,6 +128,8 @@ def rows(names, root: Path, echo: bool = False) -> list[dict]:
                                           sequential=sequential, on_gpu=False).host
             row = {"model": name, "mode": "sequential" if sequential else "normal", "dtype": dtype,
                    "weights_bytes": shape.bytes, "measured_bytes": measured, "estimated_bytes": estimate,
+                   # the weights as calibration holds them (dequantised, in its dtype)
+                   "compute_bytes": shape.numel_in_forward() * (4 if dtype == "float32" else 2),
                    "error": round((estimate - measured) / measured, 4)}
             found.append(row)
             if echo:

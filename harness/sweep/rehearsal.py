@@ -379,7 +379,7 @@ def default_data_dir(raw: dict[str, Any], base: Path) -> Path | None:
     given = raw.get("data_dir")
     if given and (base / given).expanduser().is_dir():
         return (base / given).expanduser().resolve()
-    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    shared = Path(__file__).resolve().parents[3] / "shared" / "datasets"
     return shared if shared.is_dir() else None
 
 
