@@ -67,8 +67,8 @@ def _overhead(sweep: Path, executor: str, address: str | None, repeats: int) -> 
             return False
 
     os.chdir(REPO)
-    cfg = load_sweep(sweep)
-    grid = build_grid(cfg)
+    validated = load_sweep(sweep)
+    cfg, grid = validated.cfg, build_grid(validated)
     jobs = job_graph(cfg, grid, NothingDone(cfg.work_path))
     ctx = StageContext(cfg, grid, progress=False)
     options = {"address": address} if executor == "ray" else {}

@@ -30,12 +30,25 @@ Where a family stores its experts (names, fused orientation, config nesting) com
 adapter in `harness.archs`; quantisation formats from `harness.checkpoint.quantisation`.
 """
 
-from harness.checkpoint.counting import ParameterCounts, count_parameters, parameter_counts
-from harness.checkpoint.errors import CheckpointError
-from harness.checkpoint.identity import model_fingerprint
-from harness.checkpoint.roles import TensorRoles
-from harness.checkpoint.shards import ShardReader, TensorInfo
-from harness.checkpoint.writer import MATERIALISATIONS, CheckpointInfo, write_checkpoint
+from typing import Any
 
-__all__ = ["MATERIALISATIONS", "CheckpointError", "CheckpointInfo", "ParameterCounts", "ShardReader", "TensorInfo",
-           "TensorRoles", "count_parameters", "model_fingerprint", "parameter_counts", "write_checkpoint"]
+# Imported on first use (PEP 562): `harness.checkpoint.hub` and the shard reader serve validation and dry runs,
+# which should not pay for torch (the writer's and the counter's import).
+_EXPORTS = {
+    "ParameterCounts": "counting", "count_parameters": "counting", "parameter_counts": "counting",
+    "CheckpointError": "errors", "model_fingerprint": "identity", "TensorRoles": "roles",
+    "ShardReader": "shards", "TensorInfo": "shards",
+    "MATERIALISATIONS": "writer", "CheckpointInfo": "writer", "write_checkpoint": "writer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'harness.checkpoint' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"harness.checkpoint.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

@@ -61,12 +61,13 @@ def dry_run(cfg: SweepConfig, store: Store, grid: Grid, estimate=None) -> None:
         print("\n".join(format_estimate(estimate)))
 
 
-def preflight(cfg: SweepConfig, grid: Grid, store: Store, estimate, force: Sequence[str] = ()) -> list[str]:
+def preflight(cfg: SweepConfig, grid: Grid, store: Store, estimate, force: Sequence[str] = (), jobs=()) -> list[str]:
     """What would stop the sweep after heavy work, checked before it (harness.sweep.preflight), for the stages still
-    to do: the judge, tensor parallelism, GPU memory for serving and calibration."""
-    from harness.sweep.preflight import judge_problems, serving_problems
+    to do (`jobs`): the calibration data, the judge, tensor parallelism, GPU memory for serving and calibration."""
+    from harness.sweep.preflight import calibration_data_problems, judge_problems, serving_problems
 
-    problems = judge_problems(cfg, grid, store, force)
+    problems = calibration_data_problems(cfg, grid, store, jobs, force)
+    problems += judge_problems(cfg, grid, store, force)
     if estimate is not None:
         problems += serving_problems(cfg, grid, store, estimate, force)
     return problems
@@ -94,7 +95,7 @@ def run(sweep: ValidatedSweep, *, filters: Filters | None = None, force: Sequenc
         except Exception as exc:  # noqa: BLE001 — an estimate informs; it never stops a sweep
             log.warning("no cost estimate (%s: %s); the disk and GPU-memory preflights are skipped",
                         type(exc).__name__, exc)
-    problems = preflight(cfg, grid, store, estimate, force)
+    problems = preflight(cfg, grid, store, estimate, force, jobs)
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         print(f"error: {cfg.name}: {len(problems)} problem(s) found before any work:\n{listing}", file=sys.stderr)

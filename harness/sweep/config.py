@@ -296,8 +296,8 @@ def _model_problems(cfg: SweepConfig, model: ModelSpec, index: int, base: Path, 
             constraints.target_count(ratio)
         except InfeasibleRatioError as exc:
             problems.append(f"{where}: ratio {ratio}: {exc}")
-    if source is not None and cfg.methods:
-        problems += [f"{where}: calibration: {p}" for p in _calibration_data_problems(cfg, source)]
+    # The calibration data's check (it loads the tokenizer and tokenizes the data) runs in the preflight, and
+    # only for a calibration still to do: harness.sweep.preflight.calibration_data_problems.
     return problems
 
 

@@ -87,6 +87,13 @@ class ModelShape:
         return int(((groups[0].get("weights") or {}) if groups else {}).get("num_bits", 4))
 
     @property
+    def quantised(self) -> bool:
+        """Stored in a quantised format (FP8 blocks, packed int4)."""
+        from harness.checkpoint.quantisation import quantization_config
+
+        return bool(quantization_config(self.config))
+
+    @property
     def bytes(self) -> int:
         return sum(t.nbytes for t in self.inventory.values())
 
@@ -103,6 +110,19 @@ class ModelShape:
         layers = self.text_config["num_hidden_layers"]
         return sum(_logical_numel(k, t, self.packed_bits) for k, t in self.inventory.items()
                    if (self.layer_of(k) or 0) < layers)
+
+    def converted_numel(self, dtype: str) -> int:
+        """Elements transformers copies out of the memory-mapped checkpoint when it loads it onto the CPU in
+        `dtype`: tensors stored in another dtype, and per-expert tensors it regroups into fused ones (the others
+        it uses in place; measured: Llama-4, whose experts are stored fused, holds its bfloat16 weights once)."""
+        import re
+
+        from harness.checkpoint.inventory import _DTYPE_NAMES
+
+        layers = self.text_config["num_hidden_layers"]
+        per_expert = re.compile(r"\.experts\.\d+\.")
+        return sum(t.numel for k, t in self.inventory.items() if (self.layer_of(k) or 0) < layers
+                   and (t.dtype != _DTYPE_NAMES[dtype] or per_expert.search(k)))
 
     def layer_numel(self) -> dict[int, int]:
         """Dequantised elements of each decoder layer of the forward."""
@@ -241,9 +261,14 @@ def calibration_memory(model: ModelShape, *, samples: int, length: int, batch_si
                        sequential: bool, on_gpu: bool, extras: frozenset[str] = frozenset()) -> CalibrationMemory:
     """Peak host and GPU memory of calibrating `model` (an estimate; see the module docstring).
 
-    Normal mode holds the whole model in the calibration dtype plus one batch's activations; sequential
-    mode holds the embeddings, one decoder layer (and its stored form while it is dequantised), every row's
-    hidden state between layers and the per-batch attention inputs."""
+    What the drivers hold at their peak, as measured (benchmarks/costs_memory.py, tests/sweep/test_costs.py):
+    normal mode, the whole model in the calibration dtype plus one batch's activations; an unquantised
+    checkpoint is read by transformers through a memory map, so its stored bytes are resident too, while a
+    quantised one is dequantised layer by layer (its stored layer, the float32 dequantised tensors and the
+    result in the calibration dtype at once). Sequential mode holds the embeddings, one decoder layer as read
+    (stored form, plus float32 while it is dequantised), regrouped into the module's layout and in the module
+    (two copies in the calibration dtype), every row's hidden state between layers and the per-batch attention
+    inputs."""
     c = model.text_config
     db = _dtype_bytes(dtype)
     H = c["hidden_size"]
@@ -260,26 +285,37 @@ def calibration_memory(model: ModelShape, *, samples: int, length: int, batch_si
         + (moe * E * H * 8 if "mean_out" in extras else 0)
     rows = samples * length * 8 * 2  # input ids and attention mask (int64)
     numel = model.numel_in_forward()
+    quantised = model.quantised
+    layer_numel = max(model.layer_numel().values(), default=0)
+    layer = layer_numel * db
+    stored_layer = max(model.layer_bytes().values(), default=0)
+    # A layer as it is read: stored bytes, and float32 while a quantised one is dequantised.
+    reading = stored_layer + (layer_numel * 4 if quantised else 0)
     if not sequential:
         weights = numel * db
+        # Resident on the host besides the runtime: the memory-mapped checkpoint (unquantised), or one layer
+        # being dequantised (quantised).
+        loading = reading + layer if quantised else model.bytes
+        if not quantised and not on_gpu:  # tensors used in place from the map are not held twice
+            weights = model.converted_numel(dtype) * db
         if on_gpu:
-            return CalibrationMemory(HOST_RUNTIME_BYTES + rows + stats + max(model.layer_bytes().values(), default=0),
+            return CalibrationMemory(HOST_RUNTIME_BYTES + rows + stats + loading,
                                      weights + activations + CUDA_CONTEXT_BYTES, weights, activations)
-        return CalibrationMemory(HOST_RUNTIME_BYTES + rows + stats + weights + activations, 0, weights, activations)
-    layer = max(model.layer_numel().values(), default=0) * db
-    stored_layer = max(model.layer_bytes().values(), default=0)
+        return CalibrationMemory(HOST_RUNTIME_BYTES + rows + stats + loading + weights + activations, 0, weights,
+                                 activations)
     embed = c["vocab_size"] * H * db
     hidden = samples * length * H * db
     # Per batch, every layer's inputs are kept: position embeddings (cos, sin) and the attention mask.
     head_dim = c.get("head_dim") or H // max(heads, 1)
     kwargs = math.ceil(samples / batch_size) * (batch_size * length * head_dim * 2 * 4
                                                 + batch_size * length * length)
-    work = layer + stored_layer + activations
+    work = 2 * layer + activations
     if on_gpu:
-        return CalibrationMemory(HOST_RUNTIME_BYTES + rows + stats + stored_layer, embed + work + hidden + kwargs
-                                 + CUDA_CONTEXT_BYTES, layer, activations, hidden + kwargs)
-    return CalibrationMemory(HOST_RUNTIME_BYTES + rows + stats + embed + work + hidden + kwargs, 0, layer,
-                             activations, hidden + kwargs)
+        # the layer is read into host memory, then moved and dequantised on the GPU
+        return CalibrationMemory(HOST_RUNTIME_BYTES + rows + stats + stored_layer, embed + reading + work + hidden
+                                 + kwargs + CUDA_CONTEXT_BYTES, layer, activations, hidden + kwargs)
+    return CalibrationMemory(HOST_RUNTIME_BYTES + rows + stats + embed + reading + work + hidden + kwargs, 0,
+                             layer, activations, hidden + kwargs)
 
 
 def _num_experts(c: dict[str, Any]) -> int:
@@ -341,19 +377,23 @@ def _count_rows(path: Path) -> int:
 
 
 def task_prompts(task, data_dir: Path | None, limit: int | None) -> int | None:
-    """Prompts the task sends per variant: its data's rows (the first data file, or a toy task's file),
-    capped by `limit`; None when the data is remote and no limit is set."""
-    files = []
+    """Prompts the task sends per variant: the rows of its data files (a toy task's file; the few-shot and
+    template files aside), capped by `limit`; None when the data is remote (or absent) and no limit is set."""
+    if hasattr(task, "prompt_count"):  # a task that selects its prompts itself (MMLU)
+        return task.prompt_count(limit)
     if hasattr(task, "data_path"):
         files = [Path(task.data_path())]
     elif data_dir is not None:
-        files = task.data_files(data_dir)[:1]
-    rows = None
-    if files and files[0].is_file():
-        rows = _count_rows(files[0])
+        files = [p for p in task.data_files(data_dir) if p.name.endswith(_DATA_SUFFIXES)]
+    else:
+        files = []
+    rows = sum(_count_rows(p) for p in files) if files and all(p.is_file() for p in files) else None
     if limit is not None:
         return min(limit, rows) if rows is not None else limit
     return rows
+
+
+_DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
 
 @dataclass

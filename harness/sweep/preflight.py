@@ -92,6 +92,26 @@ def judge_problems(cfg: SweepConfig, grid: Grid, store: Store, force: Collection
     return [problem] if problem else []
 
 
+def calibration_data_problems(cfg: SweepConfig, grid: Grid, store: Store, jobs, force: Collection[str] = ()
+                              ) -> list[str]:
+    """Local calibration data too short to fill its rows, for each model whose calibration is still to do.
+
+    This check loads the tokenizer and tokenizes the data (seconds, and the tokenizer stack's import), so it
+    runs here, on the job graph, rather than in validation: a resumed sweep whose calibration is stored, and a
+    dry run of it, skip it."""
+    from harness.sweep.config import _calibration_data_problems
+
+    waiting = {job.model for job in jobs if job.stage == "calibration"}
+    problems = []
+    for i, mj in enumerate(grid.models):
+        if mj.model.name not in waiting or (store.is_done("calibration", mj.calibration_key)
+                                            and "calibration" not in force):
+            continue
+        problems += [f"models[{i}] ({mj.model.name}): calibration: {p}"
+                     for p in _calibration_data_problems(cfg, mj.source)]
+    return problems
+
+
 # -- serving and calibration on GPUs -----------------------------------------------------------------------
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default --gpu-memory-utilization
 

@@ -315,6 +315,10 @@ class MMLUTask(MCTask):
     def offline_files(self, data_dir: Path) -> list[Path]:
         return [data_dir / "mc" / "mmlu" / s / f"{split}.jsonl" for s in MMLU_SUBJECTS for split in ("test", "dev")]
 
+    def prompt_count(self, limit: int | None) -> int:
+        """Questions asked (the selection `plan` makes), without reading data: the sweep's cost estimate."""
+        return sum(len(rows) for rows in mmlu_selection(limit, self.options.limit_scope).values())
+
     def plan(self, ctx: TaskContext, cache_dir: Path) -> LmEvalPlan:
         selected = mmlu_selection(ctx.limit, self.options.limit_scope)
         configs: dict[str, dict[str, Any]] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.metadata
+import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,8 @@ class Registry:
     def entries(self) -> dict[str, str]:
         """name -> "module:Class": the built-in ones, then those of installed packages."""
         found = dict(self.builtin)
-        for ep in importlib.metadata.entry_points(group=self.group):
-            found.setdefault(ep.name, ep.value)
+        for name, value in _entry_points(self.group):
+            found.setdefault(name, value)
         return found
 
     def names(self) -> list[str]:
@@ -74,6 +75,20 @@ class Registry:
             raise TypeError(f"{self.kind} {name!r} resolves to {cls.__name__}, whose {self.key} is "
                             f"{getattr(cls, self.key, None)!r}")
         return cls
+
+
+_ENTRY_POINTS: dict[tuple, list[tuple[str, str]]] = {}
+
+
+def _entry_points(group: str) -> list[tuple[str, str]]:
+    """(name, value) of the group's installed entry points. Reading them scans every installed distribution's
+    metadata (tens of milliseconds each time, and validating a sweep asks hundreds of times), so the answer is
+    kept for as long as what it depends on stays the same: the import path and the lookup function itself."""
+    lookup = importlib.metadata.entry_points
+    key = (group, lookup, tuple(sys.path))
+    if key not in _ENTRY_POINTS:
+        _ENTRY_POINTS[key] = [(ep.name, ep.value) for ep in lookup(group=group)]
+    return _ENTRY_POINTS[key]
 
 
 def _string_attribute(node: ast.ClassDef, key: str) -> str | None:

@@ -126,3 +126,173 @@ def test_estimated_checkpoint_bytes_equal_written_bytes(models, tmp_path):
                 assert checkpoint_cost(shape, plan).weights == shards, (name, kind, ratio)
                 shutil.rmtree(out)
     print("worst relative error per model:", {k: f"{v:.3%}" for k, v in worst.items()})
+
+
+# -- calibration memory: the estimate against the measured peak ------------------------------------------
+def _memory_rows(name: str, tmp_path: Path) -> list[dict]:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from benchmarks.costs_memory import rows
+
+    return rows([name], tmp_path)
+
+
+MEMORY_MODELS = ["qwen3_moe x large bf16", "mixtral x large bf16", "ernie4_5_moe x large bf16",
+                 "glm4_moe x large bf16", "glm4_moe_grouped x large bf16", "deepseek_v3 x large bf16",
+                 "llama4_text x large bf16", "qwen3_moe x large fp8", "deepseek_v3 x large w4a16"]
+
+
+def _check_memory(name: str, tmp_path: Path) -> None:
+    """Estimated calibration peak host memory within 25 % of the peak a fresh `python -m harness.calibrate` process
+    reaches (VmHWM), normal and sequential, on a zoo model scaled so its weights outweigh the runtime."""
+    found = _memory_rows(name, tmp_path)
+    assert [r["mode"] for r in found] == ["normal", "sequential"]
+    print({r["mode"]: (r["measured_bytes"] >> 20, r["estimated_bytes"] >> 20, r["error"]) for r in found})
+    for row in found:
+        # the weights matter: a copy of them left out of the estimate would fail this
+        assert row["compute_bytes"] > 0.25 * row["measured_bytes"], row
+        assert abs(row["error"]) <= 0.25, row
+
+
+def test_calibration_memory_estimate_bf16(tmp_path):
+    _check_memory("qwen3_moe x large bf16", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MEMORY_MODELS[1:])
+def test_calibration_memory_estimate_every_family_and_format(name, tmp_path):
+    _check_memory(name, tmp_path)
+
+
+# -- the seed sweeps: tensor parallelism, serving memory, the README table -------------------------------
+SEED_SWEEPS = sorted(p for p in (Path(__file__).resolve().parents[2] / "sweeps").glob("*.yaml") if p.stem != "tiny")
+
+
+def test_tensor_parallel_sizes_of_the_seed_sweeps_split_their_models():
+    """vLLM splits attention heads, key/value heads and MLP widths over the GPUs; an FP8 slice must keep whole
+    128 x 128 blocks. Qwen3-Coder-480B's 2560-wide experts over 8 GPUs are 320 wide, so its sweep spreads whole
+    experts (--enable-expert-parallel), as its model card advises; without that the preflight says so."""
+    from harness.sweep.config import SweepConfig, read_sweep_file
+    from harness.sweep.costs import seed_model_config
+    from harness.sweep.preflight import allowed_tensor_parallel, tensor_parallel_problem
+
+    for path in SEED_SWEEPS:
+        model = SweepConfig(**read_sweep_file(path)).models[0]
+        config = seed_model_config(model.path)
+        tp, extra = model.serving.tensor_parallel_size, model.serving.extra_args
+        assert tensor_parallel_problem(config, tp, extra) is None, path.stem
+        assert tp in allowed_tensor_parallel(config, extra)
+    coder = seed_model_config("Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8")
+    assert tensor_parallel_problem(coder, 8, []) == (
+        "moe_intermediate_size 2560 / 8 GPUs = 320 is not a multiple of the FP8 weight block 128; add "
+        "--enable-expert-parallel to serving.extra_args")
+    assert allowed_tensor_parallel(coder, []) == [1, 2, 4]  # 2560 / 4 = 640 = 5 blocks
+    mixtral = seed_model_config("mistralai/Mixtral-8x7B-Instruct-v0.1")
+    assert tensor_parallel_problem(mixtral, 64, []) == "32 attention heads do not split over 64 GPUs"
+    ernie = seed_model_config("baidu/ERNIE-4.5-21B-A3B-PT")
+    assert tensor_parallel_problem(ernie, 8, []) == "20 attention heads do not split over 8 GPUs"
+
+
+def test_serving_and_calibration_preflight_with_gpus(tmp_path, zoo_dir, monkeypatch):
+    """With GPUs visible (a faked probe), weights per GPU above the serving memory fraction and a normal-mode
+    calibration larger than the GPUs are stopped before any work, naming what to change."""
+    import yaml
+
+    import harness.sweep.preflight as preflight
+    from harness.sweep.cli import main
+
+    model = zoo_dir / "qwen3_moe"
+    shape = ModelShape.from_dir(model)
+    body = {"name": "gpus", "models": [{"name": "q", "path": str(model)}],
+            "calibration": {"datasets": [{"source": str(Path(__file__).resolve().parents[1] / "fixtures" /
+                                                        "calibration" / "code_instruct.jsonl"),
+                                          "prompt_field": "instruction", "response_field": "output"}],
+                            "samples": 4, "length": 32},
+            "methods": ["frequency"], "ratios": [0.5], "tasks": ["toy_math"],
+            "work_dir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results")}
+    path = tmp_path / "gpus.yaml"
+    path.write_text(yaml.safe_dump(body))
+    # one GPU whose 0.9 share is just below the weights: serving fails, and calibration (CUDA context) too
+    monkeypatch.setattr(preflight, "gpu_memory", lambda: [int(shape.bytes / 0.9) - 1])
+    assert main([str(path), "--dry-run", "--no-progress"]) == 2
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        main([str(path), "--dry-run", "--no-progress"])
+    text = err.getvalue()
+    assert "(q): the baseline's weights take" in text and "the serving memory fraction" in text
+    assert "serve on 2 GPUs (tensor_parallel_size: 2)" in text
+    assert "calibration in normal mode needs about" in text and "even sequential mode needs about" in text
+    # a GPU between the sequential and the normal calibration's needs: sequential mode is suggested
+    from harness.sweep.costs import calibration_memory
+
+    need = {mode: calibration_memory(shape, samples=4, length=32, batch_size=8, dtype="float32",
+                                     sequential=mode == "sequential", on_gpu=True) for mode in ("normal", "sequential")}
+    low = need["sequential"].gpu_total - need["sequential"].hidden_states
+    assert low < need["normal"].gpu_total
+    monkeypatch.setattr(preflight, "gpu_memory", lambda: [(low + need["normal"].gpu_total) // 2])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main([str(path), "--dry-run", "--no-progress"]) == 2
+    text = err.getvalue()
+    assert "calibration in normal mode needs about" in text and "set `sequential_calibration: true`" in text
+    assert "weights take" not in text
+    assert not (tmp_path / "work" / "calibration").exists() or not any((tmp_path / "work" / "calibration").iterdir())
+    monkeypatch.setattr(preflight, "gpu_memory", lambda: [80 * 2**30])  # one large GPU: fine
+    assert main([str(path), "--dry-run", "--no-progress"]) == 0
+
+
+def test_dry_run_prints_the_cost_and_time_left(tmp_path, zoo_dir, capsys):
+    """The cost section: exact checkpoint bytes, disk, memory, prompts and token bounds, and the time left from the
+    store's journal once a stage of the same kind has finished."""
+    import yaml
+
+    from harness.sweep.cli import main
+
+    model = zoo_dir / "qwen3_moe"
+    body = {"name": "cost", "models": [{"name": "q", "path": str(model)}],
+            "calibration": {"datasets": [{"source": str(Path(__file__).resolve().parents[1] / "fixtures" /
+                                                        "calibration" / "code_instruct.jsonl"),
+                                          "prompt_field": "instruction", "response_field": "output"}],
+                            "samples": 4, "length": 32},
+            "methods": ["frequency"], "ratios": [0.25, 0.5], "tasks": [{"name": "toy_math", "limit": 7}],
+            "generation": {"max_tokens": 11},
+            "work_dir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results")}
+    path = tmp_path / "cost.yaml"
+    path.write_text(yaml.safe_dump(body))
+    shape = ModelShape.from_dir(model)
+    layers = moe_layer_indices(shape.text_config)
+    sizes = {r: checkpoint_cost(shape, nominal_plan(shape.config, layers, r, "prune")).total for r in (0.25, 0.5)}
+    assert main([str(path), "--dry-run", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"source {shape.bytes >> 10}" not in out  # human units, with the exact count beside them
+    assert f"({shape.bytes} bytes, from its shard headers)" in out
+    for ratio, size in sizes.items():
+        assert f"({size} bytes;" in out, ratio
+    assert "checkpoints still to write" in out and f"({sum(sizes.values())} bytes)" in out
+    assert "task toy_math: 7 prompt(s) per variant; at most 77 generated tokens per variant, 231 for the 3" in out
+    assert "time left: unknown (no finished job recorded yet)" in out
+    # Write the checkpoints: the calibration and a plan are then timed; the evaluations have no record yet.
+    assert main([str(path), "--no-progress", "--until", "checkpoint"]) == 0
+    capsys.readouterr()
+    assert main([str(path), "--dry-run", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "written" in out and "from the plan" in out
+    # what is left (three evaluations and the parameter count) has no finished job of its kind: not counted
+    assert "time left: about 0.00 h (0 s; mean of finished jobs: calibration " in out
+    assert "checkpoint 0 s x 2, plan 0 s x 2; no recorded eval, params job: not counted)" in out
+
+
+@pytest.mark.slow
+def test_readme_seed_cost_table_is_the_generated_one():
+    """The README's seed-sweep cost table is printed by scripts/seed_costs.py (the dry run's code), not typed."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "scripts/seed_costs.py", "--check", "README.md"], cwd=repo,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

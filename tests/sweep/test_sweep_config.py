@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,9 @@ def test_seed_sweeps_cover_the_paper_models():
             "GLM-4.5-Air", "Qwen3-Coder-480B-A35B-Instruct-FP8", "Kimi-K2-Instruct-W4A16"} <= names
 
 
-def test_a_ratio_that_removes_nothing_and_too_little_calibration_data_fail_validation(tmp_path, grouped_glm):
+def test_a_ratio_that_removes_nothing_and_too_little_calibration_data_fail_before_any_work(tmp_path, grouped_glm,
+                                                                                          capsys):
+    """The ratio fails validation; the calibration data's check (it tokenizes) is the preflight's, before any work."""
     data = tmp_path / "three.jsonl"
     data.write_text("".join(f'{{"instruction": "q{i}", "output": "a{i}"}}\n' for i in range(3)))
     body = {
@@ -117,18 +120,52 @@ def test_a_ratio_that_removes_nothing_and_too_little_calibration_data_fail_valid
         "methods": ["frequency"],
         "ratios": [0.01, 0.5],
         "tasks": ["gsm8k"],
+        "work_dir": str(tmp_path / "work"),
+        "results_dir": str(tmp_path / "results"),
     }
     with pytest.raises(SweepConfigError) as info:
         load_sweep(_write(tmp_path, body))
     text = str(info.value)
     assert "ratio 0.01 keeps round(16 * (1 - 0.01)) = 16 of 16 experts per layer: it removes none" in text
-    assert "only 3 non-empty records, but 8 rows are needed" in text
     assert "ratio 0.5" not in text
+    body["ratios"] = [0.5]
+    for run in (["--dry-run"], []):
+        assert main([str(_write(tmp_path, body)), "--no-progress", *run]) == 2
+        err = capsys.readouterr().err
+        assert "problem(s) found before any work" in err
+        assert "models[0] (grouped): calibration: " in err and "only 3 non-empty records, but 8 rows are needed" in err
+    assert not (tmp_path / "work" / "calibration").exists() or not any((tmp_path / "work" / "calibration").iterdir())
     # Concatenated packing needs tokens, not records: 3 short records cannot fill 8 x 16 tokens either.
     body["calibration"]["packing"] = "concat"
-    body["ratios"] = [0.5]
-    with pytest.raises(SweepConfigError, match=r"3 records give \d+ tokens, but 8 rows x 16 tokens = 128"):
-        load_sweep(_write(tmp_path, body))
+    assert main([str(_write(tmp_path, body)), "--dry-run", "--no-progress"]) == 2
+    assert re.search(r"3 records give \d+ tokens, but 8 rows x 16 tokens = 128", capsys.readouterr().err)
+
+
+def test_the_calibration_data_check_runs_only_for_a_calibration_still_to_do(tmp_path, grouped_glm, monkeypatch,
+                                                                             capsys):
+    """Issue 26, validation stays light: once the calibration is stored, neither a dry run nor a re-run loads the
+    tokenizer to check its data; `--force calibration` (the stage to do again) checks it."""
+    import harness.sweep.config
+
+    calls: list[str] = []
+    real = harness.sweep.config._calibration_data_problems
+
+    def counting(cfg, source):
+        calls.append(str(source.metadata_dir))
+        return real(cfg, source)
+
+    monkeypatch.setattr(harness.sweep.config, "_calibration_data_problems", counting)
+    path = _write(tmp_path, _small_sweep(tmp_path, grouped_glm))
+    assert main([str(path), "--dry-run", "--no-progress"]) == 0
+    assert len(calls) == 1, "a dry run with the calibration to do checks its data"
+    assert main([str(path), "--no-progress", "--until", "calibration"]) == 0
+    assert len(calls) == 2
+    assert any((tmp_path / "work" / "calibration").iterdir())
+    for run in (["--dry-run"], ["--until", "calibration"], ["--until", "plan"]):
+        assert main([str(path), "--no-progress", *run]) == 0, capsys.readouterr().err
+    assert len(calls) == 2, "the calibration is stored: its data was checked again"
+    assert main([str(path), "--dry-run", "--no-progress", "--force", "calibration"]) == 0
+    assert len(calls) == 3
 
 
 # -- the three bad inputs of issue 26 and the judge preflight ------------------------------------------

@@ -86,13 +86,66 @@ def collect_results(cfg: SweepConfig, store: Store, grid: Grid):
     return table, sample_table
 
 
-def write_outputs(cfg: SweepConfig, table, sample_table) -> list[Path]:
-    from harness.results.table import write_results, write_samples
+# Beside the outputs: what they were made from, so a re-run whose tables did not change leaves them as they are.
+OUTPUTS_RECORD = ".outputs.json"
 
+
+def _outputs_fingerprint(cfg: SweepConfig, table, sample_table) -> str:
+    """A hash of everything the written outputs depend on: both tables, the figure and report switches, and the
+    code that writes and draws them (harness.results), so a changed table or a changed figure redraws."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([harness.__version__, cfg.plots, cfg.report]).encode())
+    for frame in (table, sample_table):
+        digest.update(b"\0" if frame is None else frame.to_csv(index=False).encode())
+    for source in sorted((Path(harness.__file__).parent / "results").glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()
+
+
+def _unchanged_outputs(out: Path, fingerprint: str) -> list[Path] | None:
+    """The outputs written from the same tables and code, when all of them are still there; else None."""
+    try:
+        record = json.loads((out / OUTPUTS_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    paths = [out / p for p in record.get("written", [])]
+    if record.get("fingerprint") != fingerprint or not paths or not all(p.is_file() for p in paths):
+        return None
+    return paths
+
+
+def write_outputs(cfg: SweepConfig, table, sample_table) -> list[Path]:
+    """The results and samples tables, the figures and the report. A fully cached re-run finds the same tables:
+    then nothing is rewritten (drawing the figures and the report takes most of such a run's time)."""
     out = cfg.results_path
     written: list[Path] = []
     if table is None:
         return written
+    fingerprint = _outputs_fingerprint(cfg, table, sample_table)
+    unchanged = _unchanged_outputs(out, fingerprint)
+    if unchanged is not None:
+        log.info("results unchanged since the last run: %s left as they are", out)
+        return unchanged
+    written, complete = _write_outputs(cfg, table, sample_table)
+    if not complete:  # a figure or the report failed: tried again next run
+        (out / OUTPUTS_RECORD).unlink(missing_ok=True)
+        return written
+    from harness.util.atomic import atomic_write
+
+    record = {"fingerprint": fingerprint, "written": [str(p.relative_to(out)) for p in written
+                                                      if p.is_relative_to(out)]}
+    atomic_write(out / OUTPUTS_RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    return written
+
+
+def _write_outputs(cfg: SweepConfig, table, sample_table) -> tuple[list[Path], bool]:
+    """(what was written, whether everything asked for was)."""
+    from harness.results.table import write_results, write_samples
+
+    out = cfg.results_path
+    written: list[Path] = []
+    complete = True
     for suffix in (".parquet", ".csv"):
         write_results(table, out / f"results{suffix}")
         written.append(out / f"results{suffix}")
@@ -106,6 +159,7 @@ def write_outputs(cfg: SweepConfig, table, sample_table) -> list[Path]:
             written += render_all(table, out / "plots", formats=("png",))
         except Exception as exc:  # noqa: BLE001 — a figure that cannot be drawn (e.g. one point) is not fatal
             log.warning("figures not drawn: %s", exc)
+            complete = False
     if cfg.report and sample_table is not None:
         try:
             from harness.results.report import write_report
@@ -114,4 +168,5 @@ def write_outputs(cfg: SweepConfig, table, sample_table) -> list[Path]:
         except Exception as exc:  # noqa: BLE001 — the tables are written; a report that fails is said, not fatal
             log.warning("report not written: %s: %s (python -m harness.report %s retries it)",
                         type(exc).__name__, exc, out)
-    return written
+            complete = False
+    return written, complete
