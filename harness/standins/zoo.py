@@ -58,6 +58,9 @@ class ZooSpec:
     config: dict[str, Any] = field(default_factory=dict)
     # Spread of the selection-only correction bias (None: the family has none).
     correction_bias_std: float | None = None
+    # Spread of the router's own bias and of the experts' biases (families that have them; gpt-oss).
+    router_bias_std: float | None = None
+    expert_bias_std: float | None = None
 
 
 ZOO: dict[str, ZooSpec] = {
@@ -182,6 +185,27 @@ ZOO: dict[str, ZooSpec] = {
                 attention_chunk_size=8192,
             ),
         ),
+        ZooSpec(
+            "gpt_oss",
+            "gpt_oss",
+            "gpt-oss-120b / gpt-oss-20b",
+            dict(
+                head_dim=64,
+                intermediate_size=64,
+                num_local_experts=8,
+                num_experts_per_tok=2,
+                # Alternating sliding-window and full attention as in the release, with a window shorter
+                # than the test texts so that both masks matter; a SwiGLU limit the tiny activations
+                # reach, so that the clamps are exercised.
+                sliding_window=16,
+                swiglu_limit=0.3,
+                # YaRN as released (factor 32 over the original context), scaled to the zoo's 2048 positions.
+                rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=32.0, beta_fast=32.0,
+                                     beta_slow=1.0, original_max_position_embeddings=64, truncate=False),
+            ),
+            router_bias_std=0.5,
+            expert_bias_std=0.05,
+        ),
     ]
 }
 
@@ -206,13 +230,16 @@ _ARCHITECTURES = {
     "glm4_moe": "Glm4MoeForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM",
     "llama4_text": "Llama4ForCausalLM",
+    "gpt_oss": "GptOssForCausalLM",
 }
 
 # transformers 5.x writes some config keys under its own canonical names; the seed
 # checkpoints on the hub use these, and so must the zoo (tools key off them).
 _HUB_CONFIG_KEYS = {"qwen3_moe": {"num_local_experts": "num_experts"}}
 
-_ROUTER_SUFFIXES = (".mlp.gate.weight", ".feed_forward.router.weight")
+_ROUTER_SUFFIXES = (".mlp.gate.weight", ".feed_forward.router.weight", ".mlp.router.weight")
+_ROUTER_BIAS_SUFFIXES = (".mlp.router.bias",)
+_EXPERT_BIAS_SUFFIXES = (".experts.gate_up_proj_bias", ".experts.down_proj_bias")
 
 
 def _shape_routing(model, spec: ZooSpec, generator) -> None:
@@ -249,6 +276,13 @@ def _shape_routing(model, spec: ZooSpec, generator) -> None:
                 if name.endswith("e_score_correction_bias"):
                     bias = torch.randn(tensor.shape, generator=generator) * spec.correction_bias_std
                     tensor.copy_(bias.to(tensor.dtype))
+        for suffixes, std in ((_ROUTER_BIAS_SUFFIXES, spec.router_bias_std), (_EXPERT_BIAS_SUFFIXES,
+                                                                              spec.expert_bias_std)):
+            if std is None:
+                continue
+            for name, param in model.named_parameters():
+                if name.endswith(suffixes):
+                    param.copy_((torch.randn(param.shape, generator=generator) * std).to(param.dtype))
 
 
 def _ensure_saved_tensors(model, out_dir: Path) -> list[str]:
@@ -313,7 +347,12 @@ QUANTS: dict[str, QuantSpec] = {
     "fp8": QuantSpec("fp8", "fp8_block", "Qwen3-Coder-480B-A35B-Instruct-FP8", block_size=(128, 128)),
     "w4a16": QuantSpec("w4a16", "packed_int4", "Kimi-K2-Instruct W4A16 (routed experts int4, as Kimi-K2-Thinking)",
                        group_size=32),
+    "mxfp4": QuantSpec("mxfp4", "mxfp4", "openai/gpt-oss-120b (fused routed-expert weights MXFP4, biases float)",
+                       group_size=32, scale_dtype="uint8"),
 }
+
+# gpt-oss's `modules_to_not_convert`: everything but the routed experts' two weights stays float.
+_MXFP4_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
 
 # Kimi-K2-Thinking's `ignore` list (what stays float beside lm_head), and the routers.
 _W4A16_IGNORE = ["lm_head", r"re:.*self_attn.*", r"re:.*shared_experts?\..*",
@@ -322,6 +361,13 @@ _W4A16_IGNORE = ["lm_head", r"re:.*self_attn.*", r"re:.*shared_experts?\..*",
 
 def _quantised_keys(keys: list[str], shapes: dict[str, tuple[int, ...]], layout, quant: QuantSpec) -> list[str]:
     """The hub weights a variant stores quantised."""
+    if quant.format == "mxfp4":  # gpt-oss: the fused routed-expert weights, not their biases
+        chosen = [k for k in keys if layout.role(k).kind == "fused" and layout.role(k).name in ("gate_up_proj",
+                                                                                               "down_proj")]
+        if not chosen:
+            raise ValueError(f"{layout.arch.model_type}: MXFP4 stores fused expert tensors gate_up_proj / "
+                             f"down_proj (gpt-oss); this checkpoint has none")
+        return chosen
     if any(layout.role(k).kind == "fused" for k in keys):
         raise ValueError(f"{layout.arch.model_type}: the zoo quantises per-expert checkpoints only, not fused "
                          f"3-D expert tensors")
@@ -348,7 +394,7 @@ def quantise_model(model_dir: str | Path, quant: str) -> dict[str, Any]:
     from safetensors.torch import load_file, save_file
 
     from harness.archs import get_arch
-    from harness.checkpoint.quantisation import fp8_block_config, packed_int_config, quantise_tensors
+    from harness.checkpoint.quantisation import fp8_block_config, mxfp4_config, packed_int_config, quantise_tensors
     from harness.checkpoint.roles import TensorRoles
 
     if quant not in QUANTS:
@@ -380,6 +426,8 @@ def quantise_model(model_dir: str | Path, quant: str) -> dict[str, Any]:
     kept_linear = [m for m in kept if len(shapes.get(f"{m}.weight", ())) == 2 and not m.endswith("embed_tokens")]
     if spec.format == "fp8_block":
         qconfig = fp8_block_config(kept, spec.block_size)
+    elif spec.format == "mxfp4":
+        qconfig = mxfp4_config(_MXFP4_NOT_CONVERTED)
     else:
         qconfig = packed_int_config(_ignore_list(kept_linear), num_bits=4, group_size=spec.group_size)
     config_path = out / "config.json"
@@ -521,8 +569,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="family to build (repeatable; default: all)")
     build.add_argument("--seed", type=int, default=SEED)
     build.add_argument("--quant", choices=list(QUANTS),
-                       help="store the model quantised: fp8 (block FP8, as Qwen3-Coder-480B-FP8) or w4a16 "
-                            "(routed experts int4, compressed-tensors, as Kimi-K2 W4A16); goes to DIR/<family>-<quant>")
+                       help="store the model quantised: fp8 (block FP8, as Qwen3-Coder-480B-FP8), w4a16 "
+                            "(routed experts int4, compressed-tensors, as Kimi-K2 W4A16) or mxfp4 (gpt-oss's fused "
+                            "experts); goes to DIR/<family>-<quant>")
     sub.add_parser("list", help="list the zoo families")
     args = parser.parse_args(argv)
     if args.command == "list":
