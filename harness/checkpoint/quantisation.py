@@ -490,7 +490,8 @@ def dequantise_tensors(tensors: Mapping[str, torch.Tensor], fmt: QuantFormat, *,
                 unpacked[name] = tensor
             elif name.endswith(MXFP4_BLOCKS):
                 stem = name[:-len(MXFP4_BLOCKS)]
-                unpacked[stem] = dequantise_mxfp4(tensor, tensors[mxfp4[stem][1]], dtype=dtype).transpose(-1, -2)
+                value = dequantise_mxfp4(tensor, tensors[mxfp4[stem][1]], dtype=dtype)
+                unpacked[stem] = value.transpose(-1, -2).contiguous()
         tensors = unpacked
     by_stem: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
