@@ -148,7 +148,10 @@ def moe_layer_indices(c: dict[str, Any]) -> list[int]:
             return list(c["moe_layers"])
         step = c.get("interleave_moe_layer_step", 1) or 1
         return [i for i in range(L) if (i + 1) % step == 0]
-    raise ValueError(f"no tensor layout for family {family!r}")
+    # Any other family (gpt_oss, minimax_m2, ...): every layer after the adapter's leading dense layers.
+    from harness.archs import arch_class
+
+    return list(range(arch_class(family).leading_dense_layers(c), L))
 
 
 def _feed_forward(c: dict[str, Any], family: str, i: int, p: str) -> dict[str, tuple[int, ...]]:

