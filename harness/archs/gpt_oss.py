@@ -30,6 +30,11 @@ class GptOssArch(MoEArch):
     router_attr = "router"
     hub_fused_expert_names = {"gate_up": "gate_up_proj", "down": "down_proj"}
     structure_keys = ("sliding_window", "swiglu_limit", "swiglu_alpha")
+    # vLLM renders every gpt-oss chat request with the harmony encoding, whatever tokenizer the checkpoint ships;
+    # a rehearsal stand-in's vocabulary cannot hold those ids, so its chat tasks are listed as not rehearsed.
+    rehearsal_chat_limit = ("vLLM renders gpt-oss chat requests with the harmony encoding (o200k token ids), which a "
+                            "stand-in's tiny vocabulary cannot hold (vLLM: 'Token id 200008 is out of vocabulary'); "
+                            "chat tasks run on the real model only")
 
     # -- canonical view ------------------------------------------------------------------------------
     def expert_weights(self, layer: MoELayer, j: int) -> ExpertWeights:

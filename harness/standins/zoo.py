@@ -206,6 +206,20 @@ ZOO: dict[str, ZooSpec] = {
             router_bias_std=0.5,
             expert_bias_std=0.05,
         ),
+        ZooSpec(
+            "minimax_m2",
+            "minimax_m2",
+            "MiniMax-M2 / M2.1 / M2.5",
+            dict(
+                head_dim=64,
+                intermediate_size=64,
+                num_local_experts=8,
+                num_experts_per_tok=2,
+                # As released: q/k RMS-normed over all heads, rotary on half of each head.
+                rope_parameters=dict(rope_type="default", rope_theta=5000000.0, partial_rotary_factor=0.5),
+            ),
+            correction_bias_std=0.3,
+        ),
     ]
 }
 
@@ -231,11 +245,15 @@ _ARCHITECTURES = {
     "deepseek_v3": "DeepseekV3ForCausalLM",
     "llama4_text": "Llama4ForCausalLM",
     "gpt_oss": "GptOssForCausalLM",
+    "minimax_m2": "MiniMaxM2ForCausalLM",
 }
 
 # transformers 5.x writes some config keys under its own canonical names; the seed
 # checkpoints on the hub use these, and so must the zoo (tools key off them).
 _HUB_CONFIG_KEYS = {"qwen3_moe": {"num_local_experts": "num_experts"}}
+# ... and some tensors under their own names, which `save_pretrained` does not map back (MiniMax-M2's release keeps
+# the correction bias on `block_sparse_moe`, where vLLM looks for it).
+_HUB_TENSOR_NAMES = {"minimax_m2": {".mlp.e_score_correction_bias": ".block_sparse_moe.e_score_correction_bias"}}
 
 _ROUTER_SUFFIXES = (".mlp.gate.weight", ".feed_forward.router.weight", ".mlp.router.weight")
 _ROUTER_BIAS_SUFFIXES = (".mlp.router.bias",)
@@ -317,6 +335,26 @@ def _ensure_saved_tensors(model, out_dir: Path) -> list[str]:
         index["weight_map"].update({name: extra for name in missing})
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return sorted(missing)
+
+
+def _use_hub_tensor_names(out_dir: Path, model_type: str) -> None:
+    """Rename the saved tensors `_HUB_TENSOR_NAMES` lists to the release's names (one-shard zoo models)."""
+    renames = _HUB_TENSOR_NAMES.get(model_type)
+    if not renames:
+        return
+    from safetensors.torch import load_file, save_file
+
+    single = out_dir / "model.safetensors"
+    if not single.is_file():
+        raise ValueError(f"{model_type}: renaming tensors needs a single-shard zoo model, {out_dir} is sharded")
+    tensors = load_file(str(single))
+    renamed = {}
+    for key, tensor in tensors.items():
+        for ours, hub in renames.items():
+            if key.endswith(ours):
+                key = key[: -len(ours)] + hub
+        renamed[key] = tensor
+    save_file(renamed, str(single), metadata={"format": "pt"})
 
 
 def _use_hub_config_keys(out_dir: Path, model_type: str) -> None:
@@ -474,6 +512,7 @@ def build_model(name: str, out_dir: str | Path, seed: int = SEED,
     model.eval()
     model.save_pretrained(out, max_shard_size="1GB")
     _ensure_saved_tensors(model, out)
+    _use_hub_tensor_names(out, spec.model_type)
     _use_hub_config_keys(out, spec.model_type)
     tokenizer.save_pretrained(out)
     GenerationConfig(

@@ -299,11 +299,15 @@ def _rehearsed_calibration(raw: dict[str, Any], root: Path, report: RehearsalRep
 
 def _rehearsed_tasks(raw: dict[str, Any], data_dir: Path | None, tokenizer: Path, samples: int,
                      report: RehearsalReport) -> list[dict[str, Any]]:
+    from harness.archs import arch_class
     from harness.sweep.config import SweepConfig, expand_task_names
     from harness.tasks import get_task_class
     from harness.tasks.base import Endpoint, TaskContext
 
     cfg = SweepConfig(**raw)
+    # A family whose chat requests a tiny stand-in cannot answer says why (its adapter's `rehearsal_chat_limit`).
+    chat_limits = [f"{s.model}: {limit}" for s in report.stand_ins
+                   if (limit := getattr(arch_class(s.family), "rehearsal_chat_limit", None))]
     placeholder = Endpoint(base_url="http://rehearsal.invalid/v1", model="rehearsal", tokenizer=str(tokenizer))
     tasks = []
     for spec in expand_task_names(cfg.tasks):
@@ -311,6 +315,8 @@ def _rehearsed_tasks(raw: dict[str, Any], data_dir: Path | None, tokenizer: Path
         judge = placeholder if task.needs_judge else None
         ctx = TaskContext(endpoint=placeholder, data_dir=data_dir, judge=judge)
         problems = task.check_ready(ctx) + [r for r in [task.not_run_reason(ctx)] if r]
+        if task.category != "mc":  # every task but the log-likelihood ones is chat
+            problems += chat_limits
         if data_dir is None:
             problems.append("no local benchmark data (give --data-dir)")
         elif not problems:  # offline, a task that would fall back to its hub copy cannot run either

@@ -147,7 +147,7 @@ def _naive_softmax_topk(arch):
     return route
 
 
-@pytest.mark.parametrize("family", ["glm4_moe", "glm4_moe_grouped", "deepseek_v3"])
+@pytest.mark.parametrize("family", ["glm4_moe", "glm4_moe_grouped", "deepseek_v3", "minimax_m2"])
 def test_naive_routing_would_fail_the_reference(zoo_dir, family):
     _, model, arch, batch = _setup(zoo_dir, family)
     with torch.no_grad(), Observer(model, arch) as observer:
@@ -218,7 +218,7 @@ def test_adapter_reads_config_keys(zoo_dir, family):
     if family == "glm4_moe_grouped":
         assert (arch.n_group, arch.topk_group) == (4, 2)
     shared = {layer.shared is not None for layer in layers}
-    assert shared == {family not in ("qwen3_moe", "mixtral", "gpt_oss")}
+    assert shared == {family not in ("qwen3_moe", "mixtral", "gpt_oss", "minimax_m2")}
 
 
 def _paper_code_routing(arch, renormalise: bool):
