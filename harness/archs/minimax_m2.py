@@ -26,7 +26,7 @@ class MiniMaxM2Arch(MoEArch):
     hub_block_attr = "block_sparse_moe"
     hub_expert_names = {"gate": "w1", "up": "w3", "down": "w2"}
     correction_bias_key = "block_sparse_moe.e_score_correction_bias"
-    structure_keys = ("scoring_func", "use_routing_bias", "use_qk_norm", "qk_norm_type", "rope_parameters")
+    structure_keys = ("scoring_func", "use_routing_bias", "use_qk_norm", "qk_norm_type")
 
     def route(self, layer: MoELayer, hidden: torch.Tensor) -> Routing:
         """The model's own router, given the block's correction bias as its forward does."""

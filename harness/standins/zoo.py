@@ -215,8 +215,15 @@ ZOO: dict[str, ZooSpec] = {
                 intermediate_size=64,
                 num_local_experts=8,
                 num_experts_per_tok=2,
-                # As released: q/k RMS-normed over all heads, rotary on half of each head.
+                # As released: q/k RMS-normed over all heads, rotary on half of each head (vLLM reads the
+                # release's `rotary_dim`), sigmoid scores with a routing bias (vLLM ignores the bias unless
+                # `use_routing_bias` says so).
                 rope_parameters=dict(rope_type="default", rope_theta=5000000.0, partial_rotary_factor=0.5),
+                rotary_dim=32,
+                scoring_func="sigmoid",
+                use_routing_bias=True,
+                use_qk_norm=True,
+                qk_norm_type="per_layer",
             ),
             correction_bias_std=0.3,
         ),

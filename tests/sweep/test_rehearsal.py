@@ -27,6 +27,7 @@ EXPECTED = {  # stand-in family, quantisation format, MTP layers: what each seed
     "ernie": ("ernie4_5_moe", "none", 0), "glm": ("glm4_moe", "none", 1), "kimi_k2": ("deepseek_v3", "packed_int4", 0),
     "llama4_scout": ("llama4_text", "none", 0), "mixtral": ("mixtral", "none", 0), "qwen3": ("qwen3_moe", "none", 0),
     "qwen3_coder": ("qwen3_moe", "fp8_block", 0),
+    "gpt_oss_120b": ("gpt_oss", "mxfp4", 0), "minimax_m2": ("minimax_m2", "fp8_block", 0),
 }
 
 
