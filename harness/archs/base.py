@@ -18,11 +18,20 @@ from torch import nn
 
 @dataclass
 class ExpertWeights:
-    """Expert j as three matrices: out = down @ (act(gate @ x) * (up @ x))."""
+    """Expert j as three matrices: out = down @ (act(gate @ x) * (up @ x)), plus the biases of the
+    families whose experts have them (gpt-oss: out = down @ act(gate @ x + b_g, up @ x + b_u) + b_d)."""
 
     gate: torch.Tensor  # [I, H]
     up: torch.Tensor  # [I, H]
     down: torch.Tensor  # [H, I]
+    gate_bias: torch.Tensor | None = None  # [I]
+    up_bias: torch.Tensor | None = None  # [I]
+    down_bias: torch.Tensor | None = None  # [H]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors present, by field name (biases only when the family has them)."""
+        return {name: value for name in ("gate", "up", "down", "gate_bias", "up_bias", "down_bias")
+                if (value := getattr(self, name)) is not None}
 
 
 @dataclass
@@ -187,6 +196,24 @@ class MoEArch:
     def join_fused_expert(self, expert: ExpertWeights) -> tuple[torch.Tensor, torch.Tensor]:
         """The inverse of `split_fused_expert`: one expert's (gate_up, down) rows of the fused tensors."""
         return torch.cat([expert.gate, expert.up], dim=0), expert.down
+
+    def fused_tensor_names(self, stored: set[str]) -> list[str] | None:
+        """Which of a layer's fused expert tensors (names after `experts.`) one expert's rows are read from and
+        written to when experts are merged; None when this family cannot merge tensors stored as `stored`."""
+        names = self.hub_fused_expert_names
+        return sorted(names.values()) if names is not None and stored == set(names.values()) else None
+
+    def fused_expert(self, stored: dict[str, torch.Tensor], j: int) -> ExpertWeights:
+        """Expert j, in the canonical view, from a layer's whole fused tensors (`fused_tensor_names`)."""
+        names = self.hub_fused_expert_names or {}
+        return self.split_fused_expert(stored[names["gate_up"]][j], stored[names["down"]][j])
+
+    def fused_rows(self, expert: ExpertWeights, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The inverse of `fused_expert`: one expert's row of each fused tensor, in that tensor's dtype."""
+        names = self.hub_fused_expert_names or {}
+        gate_up, down = self.join_fused_expert(expert)
+        return {names["gate_up"]: gate_up.to(stored[names["gate_up"]].dtype),
+                names["down"]: down.to(stored[names["down"]].dtype)}
 
     def expert_forward(self, layer: MoELayer, j: int, x: torch.Tensor) -> torch.Tensor:
         """Expert j's unweighted output f_j(x) for tokens x [T, H]."""

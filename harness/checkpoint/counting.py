@@ -15,6 +15,7 @@ from harness.checkpoint.quantisation import (
     QUANT_COMPANIONS,
     QuantisationError,
     detect_format,
+    mxfp4_logical_numel,
     packed_numel,
 )
 from harness.checkpoint.roles import TensorRoles
@@ -81,6 +82,9 @@ def count_parameters(model_dir: str | Path) -> tuple[int, int]:
 
 
 def _logical_numel(key: str, info: TensorInfo, tensors: dict[str, TensorInfo], num_bits: int = 4) -> int:
+    mxfp4 = mxfp4_logical_numel(key, info.shape, tensors)
+    if mxfp4 is not None:
+        return mxfp4
     stem, _, last = key.rpartition(".")
     if last in QUANT_COMPANIONS:
         return 0

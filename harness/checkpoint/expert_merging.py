@@ -30,7 +30,7 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 def _as_dtype(expert: ExpertWeights, dtype: torch.dtype) -> ExpertWeights:
-    return ExpertWeights(gate=expert.gate.to(dtype), up=expert.up.to(dtype), down=expert.down.to(dtype))
+    return ExpertWeights(**{name: t.to(dtype) for name, t in expert.tensors().items()})
 
 
 def neuron_similarity(reference: ExpertWeights, other: ExpertWeights) -> torch.Tensor:
@@ -44,6 +44,10 @@ def neuron_similarity(reference: ExpertWeights, other: ExpertWeights) -> torch.T
     similarity = ref.gate @ oth.gate.T
     similarity.addmm_(ref.up, oth.up.T)
     similarity.addmm_(ref.down.T, oth.down)
+    for name in ("gate_bias", "up_bias"):  # a biased neuron's bias is part of its vector
+        a, b = getattr(ref, name), getattr(oth, name)
+        if a is not None and b is not None:
+            similarity.add_(torch.outer(a, b))
     return similarity
 
 
@@ -63,8 +67,11 @@ def alignment_permutation(reference: ExpertWeights, other: ExpertWeights) -> tor
 
 
 def permute_neurons(expert: ExpertWeights, perm: torch.Tensor) -> ExpertWeights:
-    """The same function with its intermediate neurons reordered."""
-    return ExpertWeights(gate=expert.gate[perm], up=expert.up[perm], down=expert.down[:, perm])
+    """The same function with its intermediate neurons reordered (the down bias is per output, unchanged)."""
+    return ExpertWeights(gate=expert.gate[perm], up=expert.up[perm], down=expert.down[:, perm],
+                         gate_bias=None if expert.gate_bias is None else expert.gate_bias[perm],
+                         up_bias=None if expert.up_bias is None else expert.up_bias[perm],
+                         down_bias=expert.down_bias)
 
 
 # -- merging ---------------------------------------------------------------------------------
@@ -81,17 +88,18 @@ def merge_experts(experts: Sequence[ExpertWeights], weights: Sequence[float], *,
     total = float(sum(weights))
     if any(w < 0 for w in weights) or (abs(total - 1.0) > 1e-6 and total != 0.0):
         raise ValueError(f"merge weights must be >= 0 and sum to 1 (or all be 0), got {list(weights)}")
-    dtype = compute_dtype(*(t for e in experts for t in (e.gate, e.up, e.down)))
+    fields = sorted(experts[0].tensors())
+    if any(sorted(e.tensors()) != fields for e in experts):
+        raise ValueError("cannot merge experts with and without biases")
+    dtype = compute_dtype(*(t for e in experts for t in e.tensors().values()))
     first = _as_dtype(experts[0], dtype)
     if total == 0.0:
-        return ExpertWeights(gate=torch.zeros_like(first.gate), up=torch.zeros_like(first.up),
-                             down=torch.zeros_like(first.down))
-    gate, up, down = (first.gate * weights[0], first.up * weights[0], first.down * weights[0])
+        return ExpertWeights(**{name: torch.zeros_like(t) for name, t in first.tensors().items()})
+    merged = {name: t * weights[0] for name, t in first.tensors().items()}
     for expert, weight in zip(experts[1:], weights[1:], strict=True):
         member = _as_dtype(expert, dtype)
         if align:
             member = permute_neurons(member, alignment_permutation(first, member))
-        gate.add_(member.gate, alpha=weight)
-        up.add_(member.up, alpha=weight)
-        down.add_(member.down, alpha=weight)
-    return ExpertWeights(gate=gate, up=up, down=down)
+        for name, t in member.tensors().items():
+            merged[name].add_(t, alpha=weight)
+    return ExpertWeights(**merged)

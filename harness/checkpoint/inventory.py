@@ -115,10 +115,14 @@ def _attention(c: dict[str, Any], family: str, p: str) -> dict[str, tuple[int, .
            p + "o_proj.weight": (H, nh * hd)}
     if c.get("attention_bias") or c.get("use_bias"):
         out.update({p + "q_proj.bias": (nh * hd,), p + "k_proj.bias": (nkv * hd,), p + "v_proj.bias": (nkv * hd,)})
-        if family in ("ernie4_5_moe", "llama4_text"):
+        if family in ("ernie4_5_moe", "llama4_text", "gpt_oss"):
             out[p + "o_proj.bias"] = (H,)
     if family == "qwen3_moe" or (family == "glm4_moe" and c.get("use_qk_norm")):
         out.update({p + "q_norm.weight": (hd,), p + "k_norm.weight": (hd,)})
+    if family == "minimax_m2":  # q/k RMS-normed over all heads at once
+        out.update({p + "q_norm.weight": (nh * hd,), p + "k_norm.weight": (nkv * hd,)})
+    if family == "gpt_oss":  # one attention-sink logit per head
+        out[p + "sinks"] = (nh,)
     return out
 
 
@@ -148,7 +152,10 @@ def moe_layer_indices(c: dict[str, Any]) -> list[int]:
             return list(c["moe_layers"])
         step = c.get("interleave_moe_layer_step", 1) or 1
         return [i for i in range(L) if (i + 1) % step == 0]
-    raise ValueError(f"no tensor layout for family {family!r}")
+    # Any other family (gpt_oss, minimax_m2, ...): every layer after the adapter's leading dense layers.
+    from harness.archs import arch_class
+
+    return list(range(arch_class(family).leading_dense_layers(c), L))
 
 
 def _feed_forward(c: dict[str, Any], family: str, i: int, p: str) -> dict[str, tuple[int, ...]]:
@@ -161,13 +168,21 @@ def _feed_forward(c: dict[str, Any], family: str, i: int, p: str) -> dict[str, t
         E, inter = c["num_local_experts"], c["intermediate_size"]
         return {f + "router.weight": (E, H), f + "experts.gate_up_proj": (E, H, 2 * inter),
                 f + "experts.down_proj": (E, inter, H), **_mlp(f + "shared_expert.", inter, H)}
-    if family == "mixtral":
+    if family in ("mixtral", "minimax_m2"):
         f = p + "block_sparse_moe."
         E, inter = c["num_local_experts"], c["intermediate_size"]
         out = {f + "gate.weight": (E, H)}
+        if family == "minimax_m2" and c.get("use_routing_bias"):
+            out[f + "e_score_correction_bias"] = (E,)
         for j in range(E):
             out.update(_mlp(f"{f}experts.{j}.", inter, H, ("w1", "w3", "w2")))
         return out
+    if family == "gpt_oss":  # fused, input-major experts with biases; a biased router
+        f = p + "mlp."
+        E, inter = c["num_local_experts"], c["intermediate_size"]
+        return {f + "router.weight": (E, H), f + "router.bias": (E,), f + "experts.gate_up_proj": (E, H, 2 * inter),
+                f + "experts.gate_up_proj_bias": (E, 2 * inter), f + "experts.down_proj": (E, inter, H),
+                f + "experts.down_proj_bias": (E, H)}
     f = p + "mlp."
     if not moe:
         return _mlp(f, c["intermediate_size"], H)
@@ -197,6 +212,15 @@ def _quantised(inv: Inventory, qc: dict[str, Any], dtype: str) -> Inventory:
               and not k.endswith(("embed_tokens.weight", "lm_head.weight", "shared_head.head.weight"))
               and not re.search(r"\.(gate|router)\.weight$", k) and "eh_proj" not in k}
     out: Inventory = {}
+    if qc.get("quant_method") == "mxfp4":  # gpt-oss: the two fused expert weights, output-major, 32 values a group
+        for k, t in inv.items():
+            if k.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                experts, cols, rows = t.shape
+                out[k + "_blocks"] = Tensor("U8", (experts, rows, cols // 32, 16))
+                out[k + "_scales"] = Tensor("U8", (experts, rows, cols // 32))
+            else:
+                out[k] = t
+        return out
     if qc.get("quant_method") == "fp8":
         block = qc.get("weight_block_size") or [128, 128]
         skip = set(qc.get("modules_to_not_convert") or [])

@@ -126,28 +126,26 @@ def _group_merger(roles: TensorRoles, src: ShardReader, layer: int, tensors: Lay
 # -- fused tensors (one row per expert, oriented as the adapter says) -----------------------------------
 def _merged_fused(src: ShardReader, arch: MoEArch, layer: int, tensors: LayerTensors, groups: list[ExpertGroup]
                   ) -> list[OutputTensor]:
-    names = arch.hub_fused_expert_names
-    if names is None or set(tensors.fused) != set(names.values()):
-        raise CheckpointError(f"layer {layer}: cannot merge fused experts stored as {sorted(tensors.fused)}; "
-                              f"expected exactly {sorted((names or {}).values())} (unquantised)")
-    gate_up_key, down_key = tensors.fused[names["gate_up"]], tensors.fused[names["down"]]
+    names = arch.fused_tensor_names(set(tensors.fused))
+    if names is None:
+        raise CheckpointError(f"layer {layer}: cannot merge {arch.model_type} fused experts stored as "
+                              f"{sorted(tensors.fused)}")
+    keys = [tensors.fused[name] for name in names]
     if all(len(g.members) == 1 for g in groups):
-        return [copied(k, src.tensors[k]) for k in (gate_up_key, down_key)]
+        return [copied(k, src.tensors[k]) for k in keys]
 
     def compute() -> dict[str, torch.Tensor]:
-        gate_up, down = src.load(gate_up_key), src.load(down_key)
-        new_gate_up, new_down = gate_up.clone(), down.clone()
+        stored = {name: src.load(key) for name, key in zip(names, keys, strict=True)}
+        new = {name: tensor.clone() for name, tensor in stored.items()}
         for group in groups:
             if len(group.members) == 1:
                 continue
-            members = [arch.split_fused_expert(gate_up[j], down[j]) for j in group.members]
-            merged_gate_up, merged_down = arch.join_fused_expert(
-                merge_experts(members, group.weights, align=group.align))
-            merged_gate_up, merged_down = merged_gate_up.to(gate_up.dtype), merged_down.to(down.dtype)
+            members = [arch.fused_expert(stored, j) for j in group.members]
+            rows = arch.fused_rows(merge_experts(members, group.weights, align=group.align), stored)
             for j in group.members:
-                new_gate_up[j] = merged_gate_up
-                new_down[j] = merged_down
-        return {gate_up_key: new_gate_up, down_key: new_down}
+                for name, row in rows.items():
+                    new[name][j] = row
+        return {key: new[name] for name, key in zip(names, keys, strict=True)}
 
     return [OutputTensor(k, src.tensors[k].dtype, src.tensors[k].shape, src.tensors[k], compute=compute,
-                         cache_key=(layer, "fused")) for k in (gate_up_key, down_key)]
+                         cache_key=(layer, "fused")) for k in keys]

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-FORMATS = ("none", "fp8_block", "packed_int4", "packed_int8")
+FORMATS = ("none", "fp8_block", "packed_int4", "packed_int8", "mxfp4")
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 # Names of the FP8 multipliers: the DeepSeek/Qwen `fp8` method, then compressed-tensors.
 FP8_SCALE_NAMES = ("weight_scale_inv", "weight_scale")
@@ -44,6 +44,9 @@ QUANT_COMPANIONS = frozenset({
     "weight_g_idx", "input_scale", "input_global_scale", "output_scale", "k_scale", "v_scale", "q_scale",
 })
 PACKED_NAME = "weight_packed"
+# MXFP4 tensors: `X_blocks` (the packed values) and `X_scales` (e8m0 exponents, not parameters).
+MXFP4_BLOCKS, MXFP4_SCALES = "_blocks", "_scales"
+MXFP4_GROUP = 32
 
 
 class QuantisationError(ValueError):
@@ -96,7 +99,7 @@ class QuantFormat:
 
     @property
     def num_bits(self) -> int | None:
-        return {"fp8_block": 8, "packed_int4": 4, "packed_int8": 8}.get(self.name)
+        return {"fp8_block": 8, "packed_int4": 4, "packed_int8": 8, "mxfp4": 4}.get(self.name)
 
     def scheme_for(self, module: str, *, packed: bool) -> WeightScheme | None:
         """The compressed-tensors scheme of `module` (int schemes for packed weights, float ones otherwise)."""
@@ -158,6 +161,8 @@ def _from_tensor_names(names: Iterable[str]) -> QuantFormat:
     last = {name.rpartition(".")[2] for name in names}
     if PACKED_NAME in last:
         return QuantFormat(name="packed_int4")  # without a config, assume the common width
+    if any(n.endswith(MXFP4_BLOCKS) and f"{n[:-len(MXFP4_BLOCKS)]}{MXFP4_SCALES}" in last for n in last):
+        return QuantFormat(name="mxfp4")
     if "weight_scale_inv" in last:
         return QuantFormat(name="fp8_block")
     return QuantFormat()
@@ -180,9 +185,11 @@ def detect_format(config: Mapping[str, Any] | str | Path, tensor_names: Iterable
                            ignore=tuple(qc.get("modules_to_not_convert") or ()), config=qc)
     if method == "compressed-tensors":
         return _from_compressed_tensors(qc)
+    if method == "mxfp4":
+        return QuantFormat(name="mxfp4", ignore=tuple(qc.get("modules_to_not_convert") or ()), config=qc)
     if method:
-        raise QuantisationError(f"quant_method {method!r} is not supported: the harness reads 'fp8' (block FP8) and "
-                                f"'compressed-tensors' (pack-quantized int4/int8, float8) checkpoints")
+        raise QuantisationError(f"quant_method {method!r} is not supported: the harness reads 'fp8' (block FP8), "
+                                f"'compressed-tensors' (pack-quantized int4/int8, float8) and 'mxfp4' checkpoints")
     return _from_tensor_names(tensor_names) if tensor_names is not None else QuantFormat()
 
 
@@ -347,6 +354,68 @@ def packed_numel(packed_shape: Sequence[int], num_bits: int = 4, weight_shape: S
     return math.prod(int(s) for s in packed_shape) * (32 // num_bits)
 
 
+# -- MXFP4 (e2m1 values, e8m0 scale per 32) -------------------------------------------------------------------
+# The e2m1 code points 0..7; codes 8..15 are their negatives (sign in bit 3).
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def dequantise_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtype = torch.float32
+                     ) -> torch.Tensor:
+    """[..., rows, G, 16] uint8 blocks and [..., rows, G] e8m0 scales -> [..., rows, G * 32] in `dtype`
+    (stored orientation; gpt-oss's module parameter is its transpose)."""
+    if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8:
+        raise QuantisationError(f"MXFP4 blocks and scales must be uint8, got {blocks.dtype} and {scales.dtype}")
+    if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != MXFP4_GROUP // 2:
+        raise QuantisationError(f"MXFP4 blocks {tuple(blocks.shape)} do not fit scales {tuple(scales.shape)}: "
+                                f"expected blocks [..., G, 16] beside scales [..., G]")
+    table = torch.tensor(E2M1_VALUES + tuple(-v for v in E2M1_VALUES), dtype=torch.float32)
+    codes = torch.stack([blocks & 0x0F, blocks >> 4], dim=-1).reshape(*blocks.shape[:-1], MXFP4_GROUP)
+    values = table[codes.long()] * torch.exp2(scales.float() - 127.0)[..., None]
+    return values.reshape(*blocks.shape[:-2], blocks.shape[-2] * MXFP4_GROUP).to(dtype)
+
+
+def quantise_mxfp4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., rows, cols] float (cols a multiple of 32) -> (blocks, scales) as `dequantise_mxfp4` reads them.
+
+    Each group of 32 gets the smallest power-of-two scale that fits its largest magnitude into e2m1's
+    range (6), and each value the nearest e2m1 point (ties to the smaller magnitude)."""
+    cols = weight.shape[-1]
+    if cols % MXFP4_GROUP:
+        raise QuantisationError(f"MXFP4 needs a multiple of {MXFP4_GROUP} values per row, got {cols}")
+    w = weight.float().reshape(*weight.shape[:-1], cols // MXFP4_GROUP, MXFP4_GROUP)
+    amax = w.abs().amax(dim=-1)
+    exponent = torch.where(amax > 0, torch.ceil(torch.log2(amax / 6.0)), torch.full_like(amax, -127.0))
+    exponent = exponent.clamp(-127, 127)
+    scaled = w / torch.exp2(exponent)[..., None]
+    grid = torch.tensor(E2M1_VALUES, dtype=torch.float32)
+    index = (scaled.abs()[..., None] - grid).abs().argmin(dim=-1)  # first minimum: ties to the smaller
+    codes = (index + 8 * ((scaled < 0) & (index > 0)).long()).to(torch.uint8)
+    pairs = codes.reshape(*codes.shape[:-1], MXFP4_GROUP // 2, 2)
+    blocks = (pairs[..., 0] | (pairs[..., 1] << 4)).to(torch.uint8)
+    return blocks.contiguous(), (exponent + 127).to(torch.uint8).contiguous()
+
+
+def mxfp4_config(modules_to_not_convert: Iterable[str]) -> dict[str, Any]:
+    """`quantization_config` of an MXFP4 checkpoint, as gpt-oss's release writes it."""
+    return {"quant_method": "mxfp4", "modules_to_not_convert": list(modules_to_not_convert)}
+
+
+def _mxfp4_pairs(names: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """stem -> (blocks key, scales key) for every MXFP4 tensor among `names`."""
+    names = set(names)
+    return {n[:-len(MXFP4_BLOCKS)]: (n, f"{n[:-len(MXFP4_BLOCKS)]}{MXFP4_SCALES}") for n in names
+            if n.endswith(MXFP4_BLOCKS) and f"{n[:-len(MXFP4_BLOCKS)]}{MXFP4_SCALES}" in names}
+
+
+def mxfp4_logical_numel(key: str, shape: Sequence[int], names: Iterable[str]) -> int | None:
+    """Parameters an MXFP4 tensor stands for (two per block byte, none for scales); None if `key` is not one."""
+    if key.endswith(MXFP4_BLOCKS) and f"{key[:-len(MXFP4_BLOCKS)]}{MXFP4_SCALES}" in names:
+        return 2 * math.prod(shape)
+    if key.endswith(MXFP4_SCALES) and f"{key[:-len(MXFP4_SCALES)]}{MXFP4_BLOCKS}" in names:
+        return 0
+    return None
+
+
 # -- one projection, and a whole prefix of tensors ------------------------------------------------------------
 def is_companion(name: str) -> bool:
     """Whether a tensor (by its last name component) describes quantisation rather than being a parameter."""
@@ -412,6 +481,18 @@ def dequantise_tensors(tensors: Mapping[str, torch.Tensor], fmt: QuantFormat, *,
     scales) are removed; every other tensor passes through unchanged, in its stored dtype.
     Key order is kept.
     """
+    mxfp4 = _mxfp4_pairs(tensors)
+    if mxfp4:  # the module's parameter, input-major (see the module docstring)
+        companions = {key for pair in mxfp4.values() for key in pair}
+        unpacked = {}
+        for name, tensor in tensors.items():
+            if name not in companions:
+                unpacked[name] = tensor
+            elif name.endswith(MXFP4_BLOCKS):
+                stem = name[:-len(MXFP4_BLOCKS)]
+                value = dequantise_mxfp4(tensor, tensors[mxfp4[stem][1]], dtype=dtype)
+                unpacked[stem] = value.transpose(-1, -2).contiguous()
+        tensors = unpacked
     by_stem: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
         stem, _, last = name.rpartition(".")
@@ -433,7 +514,8 @@ def quantise_tensors(tensors: Mapping[str, torch.Tensor], keys: Iterable[str], s
     """`tensors` with each of `keys` (2-D `...weight` tensors) quantised, in place in the key order.
 
     scheme "fp8_block": `weight` float8_e4m3fn + `weight_scale_inv` per `block`;
-    "packed_int4" / "packed_int8": `weight_packed`, `weight_scale` per `group_size` columns, `weight_shape`.
+    "packed_int4" / "packed_int8": `weight_packed`, `weight_scale` per `group_size` columns, `weight_shape`;
+    "mxfp4": a fused, input-major expert tensor `X` [E, in, out] (gpt-oss) as `X_blocks` + `X_scales`.
     """
     if scheme not in FORMATS[1:]:
         raise ValueError(f"unknown quantisation {scheme!r}; known: {', '.join(FORMATS[1:])}")
@@ -445,6 +527,11 @@ def quantise_tensors(tensors: Mapping[str, torch.Tensor], keys: Iterable[str], s
     for name, tensor in tensors.items():
         if name not in chosen:
             out[name] = tensor
+            continue
+        if scheme == "mxfp4":
+            if tensor.ndim != 3:
+                raise ValueError(f"MXFP4 quantises fused 3-D expert tensors, not {name} {tuple(tensor.shape)}")
+            out[f"{name}{MXFP4_BLOCKS}"], out[f"{name}{MXFP4_SCALES}"] = quantise_mxfp4(tensor.transpose(-1, -2))
             continue
         stem, _, last = name.rpartition(".")
         if last != "weight" or tensor.ndim != 2:

@@ -58,6 +58,9 @@ class ZooSpec:
     config: dict[str, Any] = field(default_factory=dict)
     # Spread of the selection-only correction bias (None: the family has none).
     correction_bias_std: float | None = None
+    # Spread of the router's own bias and of the experts' biases (families that have them; gpt-oss).
+    router_bias_std: float | None = None
+    expert_bias_std: float | None = None
 
 
 # GLM-4.5-Air's layout in small; the grouped stand-in differs only in its router groups.
@@ -172,6 +175,48 @@ ZOO: dict[str, ZooSpec] = {
                 attention_chunk_size=8192,
             ),
         ),
+        ZooSpec(
+            "gpt_oss",
+            "gpt_oss",
+            "gpt-oss-120b / gpt-oss-20b",
+            dict(
+                head_dim=64,
+                intermediate_size=64,
+                num_local_experts=8,
+                num_experts_per_tok=2,
+                # Alternating sliding-window and full attention as in the release, with a window shorter
+                # than the test texts so that both masks matter; a SwiGLU limit the tiny activations
+                # reach, so that the clamps are exercised.
+                sliding_window=16,
+                swiglu_limit=0.3,
+                # YaRN as released (factor 32 over the original context), scaled to the zoo's 2048 positions.
+                rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=32.0, beta_fast=32.0,
+                                     beta_slow=1.0, original_max_position_embeddings=64, truncate=False),
+            ),
+            router_bias_std=0.5,
+            expert_bias_std=0.05,
+        ),
+        ZooSpec(
+            "minimax_m2",
+            "minimax_m2",
+            "MiniMax-M2 / M2.1 / M2.5",
+            dict(
+                head_dim=64,
+                intermediate_size=64,
+                num_local_experts=8,
+                num_experts_per_tok=2,
+                # As released: q/k RMS-normed over all heads, rotary on half of each head (vLLM reads the
+                # release's `rotary_dim`), sigmoid scores with a routing bias (vLLM ignores the bias unless
+                # `use_routing_bias` says so).
+                rope_parameters=dict(rope_type="default", rope_theta=5000000.0, partial_rotary_factor=0.5),
+                rotary_dim=32,
+                scoring_func="sigmoid",
+                use_routing_bias=True,
+                use_qk_norm=True,
+                qk_norm_type="per_layer",
+            ),
+            correction_bias_std=0.3,
+        ),
     ]
 }
 
@@ -196,13 +241,20 @@ _ARCHITECTURES = {
     "glm4_moe": "Glm4MoeForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM",
     "llama4_text": "Llama4ForCausalLM",
+    "gpt_oss": "GptOssForCausalLM",
+    "minimax_m2": "MiniMaxM2ForCausalLM",
 }
 
 # transformers 5.x writes some config keys under its own canonical names; the seed
 # checkpoints on the hub use these, and so must the zoo (tools key off them).
 _HUB_CONFIG_KEYS = {"qwen3_moe": {"num_local_experts": "num_experts"}}
+# ... and some tensors under their own names, which `save_pretrained` does not map back (MiniMax-M2's release keeps
+# the correction bias on `block_sparse_moe`, where vLLM looks for it).
+_HUB_TENSOR_NAMES = {"minimax_m2": {".mlp.e_score_correction_bias": ".block_sparse_moe.e_score_correction_bias"}}
 
-_ROUTER_SUFFIXES = (".mlp.gate.weight", ".feed_forward.router.weight")
+_ROUTER_SUFFIXES = (".mlp.gate.weight", ".feed_forward.router.weight", ".mlp.router.weight")
+_ROUTER_BIAS_SUFFIXES = (".mlp.router.bias",)
+_EXPERT_BIAS_SUFFIXES = (".experts.gate_up_proj_bias", ".experts.down_proj_bias")
 
 
 def _shape_routing(model, spec: ZooSpec, generator) -> None:
@@ -239,6 +291,13 @@ def _shape_routing(model, spec: ZooSpec, generator) -> None:
                 if name.endswith("e_score_correction_bias"):
                     bias = torch.randn(tensor.shape, generator=generator) * spec.correction_bias_std
                     tensor.copy_(bias.to(tensor.dtype))
+        for suffixes, std in ((_ROUTER_BIAS_SUFFIXES, spec.router_bias_std), (_EXPERT_BIAS_SUFFIXES,
+                                                                              spec.expert_bias_std)):
+            if std is None:
+                continue
+            for name, param in model.named_parameters():
+                if name.endswith(suffixes):
+                    param.copy_((torch.randn(param.shape, generator=generator) * std).to(param.dtype))
 
 
 def _ensure_saved_tensors(model, out_dir: Path) -> list[str]:
@@ -275,6 +334,26 @@ def _ensure_saved_tensors(model, out_dir: Path) -> list[str]:
     return sorted(missing)
 
 
+def _use_hub_tensor_names(out_dir: Path, model_type: str) -> None:
+    """Rename the saved tensors `_HUB_TENSOR_NAMES` lists to the release's names (one-shard zoo models)."""
+    renames = _HUB_TENSOR_NAMES.get(model_type)
+    if not renames:
+        return
+    from safetensors.torch import load_file, save_file
+
+    single = out_dir / "model.safetensors"
+    if not single.is_file():
+        raise ValueError(f"{model_type}: renaming tensors needs a single-shard zoo model, {out_dir} is sharded")
+    tensors = load_file(str(single))
+    renamed = {}
+    for key, tensor in tensors.items():
+        for ours, hub in renames.items():
+            if key.endswith(ours):
+                key = key[: -len(ours)] + hub
+        renamed[key] = tensor
+    save_file(renamed, str(single), metadata={"format": "pt"})
+
+
 def _use_hub_config_keys(out_dir: Path, model_type: str) -> None:
     renames = _HUB_CONFIG_KEYS.get(model_type)
     if not renames:
@@ -303,7 +382,12 @@ QUANTS: dict[str, QuantSpec] = {
     "fp8": QuantSpec("fp8", "fp8_block", "Qwen3-Coder-480B-A35B-Instruct-FP8", block_size=(128, 128)),
     "w4a16": QuantSpec("w4a16", "packed_int4", "Kimi-K2-Instruct W4A16 (routed experts int4, as Kimi-K2-Thinking)",
                        group_size=32),
+    "mxfp4": QuantSpec("mxfp4", "mxfp4", "openai/gpt-oss-120b (fused routed-expert weights MXFP4, biases float)",
+                       group_size=32, scale_dtype="uint8"),
 }
+
+# gpt-oss's `modules_to_not_convert`: everything but the routed experts' two weights stays float.
+_MXFP4_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
 
 # Kimi-K2-Thinking's `ignore` list (what stays float beside lm_head), and the routers.
 _W4A16_IGNORE = ["lm_head", r"re:.*self_attn.*", r"re:.*shared_experts?\..*",
@@ -312,6 +396,13 @@ _W4A16_IGNORE = ["lm_head", r"re:.*self_attn.*", r"re:.*shared_experts?\..*",
 
 def _quantised_keys(keys: list[str], shapes: dict[str, tuple[int, ...]], layout, quant: QuantSpec) -> list[str]:
     """The hub weights a variant stores quantised."""
+    if quant.format == "mxfp4":  # gpt-oss: the fused routed-expert weights, not their biases
+        chosen = [k for k in keys if layout.role(k).kind == "fused" and layout.role(k).name in ("gate_up_proj",
+                                                                                               "down_proj")]
+        if not chosen:
+            raise ValueError(f"{layout.arch.model_type}: MXFP4 stores fused expert tensors gate_up_proj / "
+                             f"down_proj (gpt-oss); this checkpoint has none")
+        return chosen
     if any(layout.role(k).kind == "fused" for k in keys):
         raise ValueError(f"{layout.arch.model_type}: the zoo quantises per-expert checkpoints only, not fused "
                          f"3-D expert tensors")
@@ -338,7 +429,7 @@ def quantise_model(model_dir: str | Path, quant: str) -> dict[str, Any]:
     from safetensors.torch import load_file, save_file
 
     from harness.archs import get_arch
-    from harness.checkpoint.quantisation import fp8_block_config, packed_int_config, quantise_tensors
+    from harness.checkpoint.quantisation import fp8_block_config, mxfp4_config, packed_int_config, quantise_tensors
     from harness.checkpoint.roles import TensorRoles
 
     if quant not in QUANTS:
@@ -370,6 +461,8 @@ def quantise_model(model_dir: str | Path, quant: str) -> dict[str, Any]:
     kept_linear = [m for m in kept if len(shapes.get(f"{m}.weight", ())) == 2 and not m.endswith("embed_tokens")]
     if spec.format == "fp8_block":
         qconfig = fp8_block_config(kept, spec.block_size)
+    elif spec.format == "mxfp4":
+        qconfig = mxfp4_config(_MXFP4_NOT_CONVERTED)
     else:
         qconfig = packed_int_config(_ignore_list(kept_linear), num_bits=4, group_size=spec.group_size)
     config_path = out / "config.json"
@@ -416,6 +509,7 @@ def build_model(name: str, out_dir: str | Path, seed: int = SEED,
     model.eval()
     model.save_pretrained(out, max_shard_size="1GB")
     _ensure_saved_tensors(model, out)
+    _use_hub_tensor_names(out, spec.model_type)
     _use_hub_config_keys(out, spec.model_type)
     tokenizer.save_pretrained(out)
     GenerationConfig(
@@ -511,8 +605,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="family to build (repeatable; default: all)")
     build.add_argument("--seed", type=int, default=SEED)
     build.add_argument("--quant", choices=list(QUANTS),
-                       help="store the model quantised: fp8 (block FP8, as Qwen3-Coder-480B-FP8) or w4a16 "
-                            "(routed experts int4, compressed-tensors, as Kimi-K2 W4A16); goes to DIR/<family>-<quant>")
+                       help="store the model quantised: fp8 (block FP8, as Qwen3-Coder-480B-FP8), w4a16 "
+                            "(routed experts int4, compressed-tensors, as Kimi-K2 W4A16) or mxfp4 (gpt-oss's fused "
+                            "experts); goes to DIR/<family>-<quant>")
     sub.add_parser("list", help="list the zoo families")
     args = parser.parse_args(argv)
     if args.command == "list":

@@ -201,8 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, stage in enumerate(PIPELINE):
         if stage in force:
             force.update(PIPELINE[i:])
+    until = args.until  # a rehearsal stops where its stand-ins must, if that is earlier
+    if report is not None and report.until and PIPELINE.index(report.until) < PIPELINE.index(until):
+        until = report.until
     code = run(sweep, filters=Filters.parse(args.only), force=sorted(force), dry=args.dry_run,
-               progress=not args.no_progress, until=args.until, executor=args.executor, ray_address=args.ray_address)
+               progress=not args.no_progress, until=until, executor=args.executor, ray_address=args.ray_address)
     if report is not None:
         for task, why in report.tasks_not_rehearsed.items():
             print(f"not rehearsed: {task}: {why}")

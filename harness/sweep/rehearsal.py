@@ -79,6 +79,8 @@ class RehearsalReport:
     substitutions: list[str] = field(default_factory=list)
     tasks_rehearsed: list[str] = field(default_factory=list)
     tasks_not_rehearsed: dict[str, str] = field(default_factory=dict)
+    # The last stage rehearsed when a stand-in cannot be served here (its adapter's `cpu_serving_limit`).
+    until: str | None = None
 
     def lines(self) -> list[str]:
         out = [f"rehearsal of {self.sweep} under {self.root}"]
@@ -299,11 +301,15 @@ def _rehearsed_calibration(raw: dict[str, Any], root: Path, report: RehearsalRep
 
 def _rehearsed_tasks(raw: dict[str, Any], data_dir: Path | None, tokenizer: Path, samples: int,
                      report: RehearsalReport) -> list[dict[str, Any]]:
+    from harness.archs import arch_class
     from harness.sweep.config import SweepConfig, expand_task_names
     from harness.tasks import get_task_class
     from harness.tasks.base import Endpoint, TaskContext
 
     cfg = SweepConfig(**raw)
+    # A family whose chat requests a tiny stand-in cannot answer says why (its adapter's `rehearsal_chat_limit`).
+    chat_limits = [f"{s.model}: {limit}" for s in report.stand_ins
+                   if (limit := getattr(arch_class(s.family), "rehearsal_chat_limit", None))]
     placeholder = Endpoint(base_url="http://rehearsal.invalid/v1", model="rehearsal", tokenizer=str(tokenizer))
     tasks = []
     for spec in expand_task_names(cfg.tasks):
@@ -311,6 +317,8 @@ def _rehearsed_tasks(raw: dict[str, Any], data_dir: Path | None, tokenizer: Path
         judge = placeholder if task.needs_judge else None
         ctx = TaskContext(endpoint=placeholder, data_dir=data_dir, judge=judge)
         problems = task.check_ready(ctx) + [r for r in [task.not_run_reason(ctx)] if r]
+        if task.category != "mc":  # every task but the log-likelihood ones is chat
+            problems += chat_limits
         if data_dir is None:
             problems.append("no local benchmark data (give --data-dir)")
         elif not problems:  # offline, a task that would fall back to its hub copy cannot run either
@@ -368,10 +376,28 @@ def rehearsal_sweep(raw: dict[str, Any], root: Path, *, data_dir: Path | None, s
     raw["tasks"] = _rehearsed_tasks(raw, data_dir, first, samples, report)
     if not raw["tasks"]:
         raise ValueError(f"no task of {raw['name']} has local data here (data_dir {data_dir}): nothing to rehearse")
+    _stop_before_serving_what_cannot_be_served(report)
     raw["data_dir"] = str(data_dir) if data_dir else None
     raw["work_dir"] = str(root / "work")
     raw["results_dir"] = str(root / "results")
     return raw, report
+
+
+def _stop_before_serving_what_cannot_be_served(report: RehearsalReport) -> None:
+    """A family the local vLLM cannot serve (its adapter's `cpu_serving_limit`, on a machine without CUDA) is
+    rehearsed up to its checkpoints; its tasks are listed as not rehearsed with that reason."""
+    from harness.archs import arch_class
+    from harness.serving.vllm import cuda_available
+
+    limits = [f"{s.model}: {limit}" for s in report.stand_ins
+              if (limit := getattr(arch_class(s.family), "cpu_serving_limit", None))]
+    if not limits or cuda_available():
+        return
+    report.until = "checkpoint"
+    report.substitutions.append("; ".join(limits) + ": rehearsed up to the checkpoints (--until checkpoint)")
+    for task in report.tasks_rehearsed:
+        report.tasks_not_rehearsed[task] = "not served here: " + "; ".join(limits)
+    report.tasks_rehearsed = []
 
 
 def default_data_dir(raw: dict[str, Any], base: Path) -> Path | None:

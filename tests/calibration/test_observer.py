@@ -24,9 +24,15 @@ def _setup(zoo_dir, family):
     return path, model, get_arch(path), batch
 
 
-def _expert(weights, x):
-    """f_j(x) = down (silu(gate x) * up x), straight from the canonical weights."""
-    return weights.down @ (torch.nn.functional.silu(weights.gate @ x) * (weights.up @ x))
+def _expert(weights, x, config=None):
+    """f_j(x) = down (silu(gate x) * up x), straight from the canonical weights; for experts with biases
+    (gpt-oss) its clamped SwiGLU, written out from the model card's formula."""
+    if weights.gate_bias is None:
+        return weights.down @ (torch.nn.functional.silu(weights.gate @ x) * (weights.up @ x))
+    limit, alpha = config["swiglu_limit"], config["swiglu_alpha"]
+    gate = torch.clamp(weights.gate @ x + weights.gate_bias, max=limit)
+    up = torch.clamp(weights.up @ x + weights.up_bias, -limit, limit)
+    return weights.down @ ((up + 1) * gate * torch.sigmoid(alpha * gate)) + weights.down_bias
 
 
 def brute_force(model, arch, batch, routing=None):
@@ -72,7 +78,7 @@ def brute_force(model, arch, batch, routing=None):
                 chosen = routing(layer, x[None]) if routing else own
                 combined = layer.shared(x[None])[0] if layer.shared is not None else torch.zeros_like(x)
                 for j, g in zip(chosen.index[0].tolist(), chosen.weights[0].tolist(), strict=True):
-                    f = _expert(weights[j], x)
+                    f = _expert(weights[j], x, arch.config)
                     combined = combined + (_expert(weights[j], x * g) if arch.scales_input else g * f)
                     norm = f.double().norm().item()
                     stats["count"][j] += 1
@@ -85,7 +91,7 @@ def brute_force(model, arch, batch, routing=None):
                 if routing is None:
                     torch.testing.assert_close(combined, y_all[t], atol=1e-5, rtol=1e-4)
                 for j in range(n_exp):
-                    mean_out[j] += _expert(weights[j], x).double()
+                    mean_out[j] += _expert(weights[j], x, arch.config).double()
                 logits = own.logits.double().reshape(-1)
                 gram += torch.outer(logits, logits)
         stats["max_act"] = torch.where(stats["count"] > 0, stats["max_act"], 0.0)  # never routed: 0
@@ -141,7 +147,7 @@ def _naive_softmax_topk(arch):
     return route
 
 
-@pytest.mark.parametrize("family", ["glm4_moe", "glm4_moe_grouped", "deepseek_v3"])
+@pytest.mark.parametrize("family", ["glm4_moe", "glm4_moe_grouped", "deepseek_v3", "minimax_m2"])
 def test_naive_routing_would_fail_the_reference(zoo_dir, family):
     _, model, arch, batch = _setup(zoo_dir, family)
     with torch.no_grad(), Observer(model, arch) as observer:
@@ -212,7 +218,7 @@ def test_adapter_reads_config_keys(zoo_dir, family):
     if family == "glm4_moe_grouped":
         assert (arch.n_group, arch.topk_group) == (4, 2)
     shared = {layer.shared is not None for layer in layers}
-    assert shared == {family not in ("qwen3_moe", "mixtral")}
+    assert shared == {family not in ("qwen3_moe", "mixtral", "gpt_oss", "minimax_m2")}
 
 
 def _paper_code_routing(arch, renormalise: bool):

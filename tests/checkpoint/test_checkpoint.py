@@ -23,7 +23,8 @@ from harness.standins.zoo import ZOO
 from tests.conftest import REPO
 
 FIXTURE = REPO / "tests" / "fixtures" / "calibration" / "code_instruct.jsonl"
-ROUTED = ("experts.gate_up_proj", "experts.down_proj")
+ROUTED = ("experts.gate_up_proj", "experts.down_proj", "experts.gate_up_proj_bias", "experts.down_proj_bias")
+ROUTERS = (".mlp.gate.weight", ".feed_forward.router.weight", ".mlp.router.weight", ".mlp.router.bias")
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def _expected_pruned_state(source_state, kept):
     """What the pruned model must hold, derived from the source model's own tensors."""
     out = {}
     for key, t in source_state.items():
-        if key.endswith(ROUTED) or key.endswith((".mlp.gate.weight", ".feed_forward.router.weight")):
+        if key.endswith(ROUTED) or key.endswith(ROUTERS):
             t = t[kept]
         elif key.endswith("e_score_correction_bias"):
             t = t[..., kept]
@@ -229,6 +230,16 @@ def _plant_copies(zoo_dir, family, tmp_path, perm):
         layers = sorted({int(k.split(".")[2]) for k in tensors if f".{block}.experts." in k})
         for i in layers:
             p = f"model.layers.{i}.{block}.experts."
+            if p + "gate_up_proj_bias" in tensors:  # gpt-oss: gate and up columns interleaved, biased
+                gu, down = tensors[p + "gate_up_proj"], tensors[p + "down_proj"]  # [E, H, 2I], [E, I, H]
+                gu_bias, down_bias = tensors[p + "gate_up_proj_bias"], tensors[p + "down_proj_bias"]
+                for half in (0, 1):
+                    gu[3][:, half::2] = gu[1][:, half::2][:, perm]
+                    gu_bias[3][half::2] = gu_bias[1][half::2][perm]
+                down[3], down_bias[3] = down[1][perm], down_bias[1]
+                for t in (gu, down, gu_bias, down_bias):
+                    t[5] = t[4].clone()
+                continue
             if arch.hub_fused_expert_names:
                 gu, down = tensors[p + "gate_up_proj"], tensors[p + "down_proj"]  # [E, H, 2I], [E, I, H]
                 inter = gu.shape[2] // 2

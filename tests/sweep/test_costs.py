@@ -13,7 +13,8 @@ import pytest
 from harness.checkpoint.inventory import from_config, from_headers, moe_layer_indices
 from harness.sweep.costs import ModelShape, checkpoint_cost, directory_bytes, nominal_plan
 
-FAMILIES = ["qwen3_moe", "mixtral", "ernie4_5_moe", "glm4_moe", "glm4_moe_grouped", "deepseek_v3", "llama4_text"]
+FAMILIES = ["qwen3_moe", "mixtral", "ernie4_5_moe", "glm4_moe", "glm4_moe_grouped", "deepseek_v3", "llama4_text",
+            "gpt_oss", "minimax_m2"]
 
 
 def _bf16_copy(src: Path, out: Path) -> Path:
@@ -44,6 +45,8 @@ def models(zoo_dir, tmp_path_factory) -> dict[str, Path]:
     found |= {f"{f}-bf16": _bf16_copy(zoo_dir / f, root / f"{f}-bf16") for f in FAMILIES}
     found["qwen3_moe-fp8"] = build_model("qwen3_moe", root / "qwen3_moe-fp8", quant="fp8")
     found["deepseek_v3-w4a16"] = build_model("deepseek_v3", root / "deepseek_v3-w4a16", quant="w4a16")
+    found["gpt_oss-mxfp4"] = build_model("gpt_oss", root / "gpt_oss-mxfp4", quant="mxfp4")
+    found["minimax_m2-fp8"] = build_model("minimax_m2", root / "minimax_m2-fp8", quant="fp8")
     return found
 
 

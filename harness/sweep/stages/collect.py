@@ -95,6 +95,8 @@ def _outputs_fingerprint(cfg: SweepConfig, table, sample_table) -> str:
     code that writes and draws them (harness.results), so a changed table or a changed figure redraws."""
     import hashlib
 
+    import harness
+
     digest = hashlib.sha256(json.dumps([harness.__version__, cfg.plots, cfg.report]).encode())
     for frame in (table, sample_table):
         digest.update(b"\0" if frame is None else frame.to_csv(index=False).encode())
