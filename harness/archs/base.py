@@ -140,6 +140,11 @@ class MoEArch:
         return int(self.config.get("topk_group") or self.n_group)
 
     # -- modules ----------------------------------------------------------------------
+    @property
+    def embedding_key(self) -> str:
+        """The checkpoint key of the input embeddings (a multimodal wrapper stores them under its own prefix)."""
+        return f"{self.embedding_path}.weight"
+
     def layer_prefix(self, index: int) -> str:
         """The key prefix (and module path, dot-terminated) of decoder layer `index`."""
         return f"{self.layers_path}.{index}."

@@ -122,7 +122,7 @@ def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attenti
     model.eval()
     inner = model.model
     weights = _LayerWeights(model_dir, dtype)
-    embedding, embed_key = model.get_submodule(arch.embedding_path), f"{arch.embedding_path}.weight"
+    embedding, embed_key = model.get_submodule(arch.embedding_path), arch.embedding_key
     embedding.to_empty(device=device)
     embedding.weight.data.copy_(weights.load(embed_key)[embed_key])
     with torch.device(device):  # recompute inv_freq (a meta tensor so far)

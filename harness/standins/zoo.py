@@ -58,6 +58,12 @@ class ZooSpec:
     config: dict[str, Any] = field(default_factory=dict)
     # Spread of the selection-only correction bias (None: the family has none).
     correction_bias_std: float | None = None
+    # The multimodal wrapper the seed checkpoint is stored as (its model_type), and the wrapper's own
+    # settings (a tiny vision tower); `config` is then its text_config. None: a plain causal LM.
+    wrapper: str | None = None
+    wrapper_config: dict[str, Any] = field(default_factory=dict)
+    # Spread of the routers' weights on the constant embedding channel (the per-expert popularity lever).
+    popularity_std: float = 0.4
 
 
 ZOO: dict[str, ZooSpec] = {
@@ -169,6 +175,31 @@ ZOO: dict[str, ZooSpec] = {
             correction_bias_std=0.3,
         ),
         ZooSpec(
+            "qwen3_5_moe",
+            "qwen3_5_moe_text",
+            "Qwen3.5-35B-A3B / Qwen3.5-397B-A17B (multimodal wrapper, fused experts on disk)",
+            dict(
+                head_dim=64,
+                moe_intermediate_size=64,
+                shared_expert_intermediate_size=64,
+                num_experts=8,
+                num_experts_per_tok=2,
+                # Gated DeltaNet linear attention; the real models put one full-attention layer after every
+                # three linear ones (interval 4). Interval 2 keeps both kinds in three layers: linear, full, linear.
+                full_attention_interval=2,
+                linear_key_head_dim=64,
+                linear_value_head_dim=64,
+                linear_num_key_heads=1,
+                linear_num_value_heads=2,
+                linear_conv_kernel_dim=4,
+            ),
+            wrapper="qwen3_5_moe",
+            popularity_std=1.0,  # the linear-attention mixing dilutes the constant channel more than attention does
+            wrapper_config=dict(vision_config=dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=1,
+                                                   out_hidden_size=128, num_position_embeddings=64,
+                                                   patch_size=16, spatial_merge_size=2, temporal_patch_size=2)),
+        ),
+        ZooSpec(
             "llama4_text",
             "llama4_text",
             "Llama-4-Scout-17B-16E-Instruct",
@@ -194,8 +225,14 @@ def _make_config(spec: ZooSpec, special: dict[str, int], overrides: dict[str, An
         vocab_size=special["vocab_size"],
         bos_token_id=special["bos"], eos_token_id=special["eos"], pad_token_id=special["pad"]
     )
-    config = AutoConfig.for_model(spec.model_type, **kwargs)
-    config.architectures = [_ARCHITECTURES[spec.model_type]]
+    if spec.wrapper is not None:
+        text = {k: v for k, v in kwargs.items() if k not in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        text.update(bos_token_id=special["bos"], eos_token_id=special["eos"], pad_token_id=special["pad"])
+        config = AutoConfig.for_model(spec.wrapper, text_config=text, tie_word_embeddings=False,
+                                      **spec.wrapper_config)
+    else:
+        config = AutoConfig.for_model(spec.model_type, **kwargs)
+    config.architectures = [_ARCHITECTURES[spec.wrapper or spec.model_type]]
     return config
 
 
@@ -206,6 +243,7 @@ _ARCHITECTURES = {
     "glm4_moe": "Glm4MoeForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM",
     "llama4_text": "Llama4ForCausalLM",
+    "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration",
 }
 
 # transformers 5.x writes some config keys under its own canonical names; the seed
@@ -228,7 +266,7 @@ def _shape_routing(model, spec: ZooSpec, generator) -> None:
     """
     import torch
 
-    hidden = model.config.hidden_size
+    hidden = model.config.get_text_config().hidden_size
     emb = model.get_input_embeddings().weight
     with torch.no_grad():
         # Unit-scale embeddings keep the constant channel one feature among many after
@@ -242,7 +280,7 @@ def _shape_routing(model, spec: ZooSpec, generator) -> None:
             base = torch.randn(n_experts, hidden, generator=generator) / math.sqrt(hidden)
             row_scale = torch.exp(0.5 * torch.randn(n_experts, 1, generator=generator))
             base = base * row_scale * 2.0
-            base[:, 0] = 0.4 * torch.randn(n_experts, generator=generator)
+            base[:, 0] = spec.popularity_std * torch.randn(n_experts, generator=generator)
             param.copy_(base.to(param.dtype))
         if spec.correction_bias_std is not None:
             for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
@@ -283,6 +321,44 @@ def _ensure_saved_tensors(model, out_dir: Path) -> list[str]:
         index["weight_map"].update({name: extra for name in missing})
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return sorted(missing)
+
+
+def _fuse_experts_on_disk(out_dir: Path) -> int:
+    """Store the routed experts fused when the family's checkpoints do (`hub_fused_expert_names`): transformers
+    5.x saves some fused-expert models (Qwen3.5-MoE) per expert, unlike their hub releases. Returns the number
+    of layers fused (0: the family stores experts per expert, or save_pretrained fused them already)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from harness.archs import get_arch
+    from harness.archs.base import ExpertWeights
+    from harness.checkpoint.roles import TensorRoles
+
+    arch = get_arch(out_dir)
+    names = arch.hub_fused_expert_names
+    single = out_dir / "model.safetensors"
+    if names is None:
+        return 0
+    if not single.is_file():
+        raise ValueError(f"{out_dir}: fusing experts needs a single-file zoo checkpoint")
+    tensors = load_file(str(single))
+    roles = TensorRoles(arch, tensors)
+    fused = 0
+    for layer, found in roles.inventory(tensors).items():
+        if not found.experts:
+            continue
+        hub = {hub_name: ours for ours, hub_name in arch.hub_expert_names.items()}
+        rows = []
+        for j in sorted(found.experts):
+            parts = {hub[name.removesuffix(".weight")]: tensors.pop(key) for name, key in found.experts[j].items()}
+            rows.append(arch.join_fused_expert(ExpertWeights(**parts)))
+        block = roles.block
+        tensors[roles.key(layer, f"{block}.experts.{names['gate_up']}")] = torch.stack([g for g, _ in rows])
+        tensors[roles.key(layer, f"{block}.experts.{names['down']}")] = torch.stack([d for _, d in rows])
+        fused += 1
+    if fused:
+        save_file(tensors, str(single), metadata={"format": "pt"})
+    return fused
 
 
 def _use_hub_config_keys(out_dir: Path, model_type: str) -> None:
@@ -421,11 +497,17 @@ def build_model(name: str, out_dir: str | Path, seed: int = SEED,
     family_seed = seed + int(hashlib.sha256(name.encode()).hexdigest()[:6], 16)
     torch.manual_seed(family_seed)
     generator = torch.Generator().manual_seed(family_seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if spec.wrapper is not None:  # the whole multimodal model, so that its checkpoint has the vision tower
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     _shape_routing(model, spec, generator)
     model.eval()
     model.save_pretrained(out, max_shard_size="1GB")
     _ensure_saved_tensors(model, out)
+    _fuse_experts_on_disk(out)
     _use_hub_config_keys(out, spec.model_type)
     tokenizer.save_pretrained(out)
     GenerationConfig(
