@@ -15,31 +15,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
-from harness.archs.base import MoEArch, MoELayer
+from harness.archs.qwen3_next import Qwen3NextArch
 
 
-class GatedSharedExpert(nn.Module):
-    """The shared expert as the block applies it: sigmoid(shared_expert_gate(x)) * shared_expert(x).
+class Qwen35MoeArch(Qwen3NextArch):
+    """Qwen3-Next's block (gated shared expert, softmax router) without `norm_topk_prob` (always renormalised),
+    in the multimodal wrapper's checkpoint layout."""
 
-    Not part of the model: a view that lets `MoELayer.shared` return what the block adds to the routed output.
-    """
-
-    def __init__(self, expert: nn.Module, gate: nn.Module):
-        super().__init__()
-        self.expert, self.gate = expert, gate
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.gate(hidden)) * self.expert(hidden)
-
-
-class Qwen35MoeArch(MoEArch):
     model_type = "qwen3_5_moe_text"
     wrapper_model_type = "qwen3_5_moe"  # Qwen3_5MoeForConditionalGeneration's config.json
-    expert_count_key = "num_experts"
-    shared_attr = "shared_expert"
     hub_fused_expert_names = {"gate_up": "gate_up_proj", "down": "down_proj"}  # rows as the module's
     # Where the language model's tensors live in the checkpoint (the wrapper's prefix).
     hub_model_prefix = "model.language_model."
@@ -61,12 +47,6 @@ class Qwen35MoeArch(MoEArch):
         inner = model.model if hasattr(model, "model") else model
         inner = getattr(inner, "language_model", inner)  # the multimodal model, if loaded as such
         return inner.layers
-
-    def moe_layer(self, layer_index: int, decoder_layer: nn.Module, prefix: str = "") -> MoELayer | None:
-        layer = super().moe_layer(layer_index, decoder_layer, prefix)
-        if layer is not None:
-            layer.shared = GatedSharedExpert(layer.block.shared_expert, layer.block.shared_expert_gate)
-        return layer
 
     @classmethod
     def leading_dense_layers(cls, config: dict[str, Any]) -> int:

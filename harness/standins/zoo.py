@@ -200,6 +200,29 @@ ZOO: dict[str, ZooSpec] = {
                                                    patch_size=16, spatial_merge_size=2, temporal_patch_size=2)),
         ),
         ZooSpec(
+            "qwen3_next",
+            "qwen3_next",
+            "Qwen3-Next-80B-A3B-Instruct",
+            dict(
+                head_dim=64,
+                intermediate_size=256,
+                moe_intermediate_size=64,
+                shared_expert_intermediate_size=64,
+                num_experts=8,
+                num_experts_per_tok=2,
+                norm_topk_prob=True,
+                decoder_sparse_step=1,
+                # As for qwen3_5_moe: interval 2 (linear, full, linear) instead of the real 4.
+                full_attention_interval=2,
+                linear_key_head_dim=64,
+                linear_value_head_dim=64,
+                linear_num_key_heads=1,
+                linear_num_value_heads=2,
+                linear_conv_kernel_dim=4,
+            ),
+            popularity_std=1.0,
+        ),
+        ZooSpec(
             "llama4_text",
             "llama4_text",
             "Llama-4-Scout-17B-16E-Instruct",
@@ -244,6 +267,7 @@ _ARCHITECTURES = {
     "deepseek_v3": "DeepseekV3ForCausalLM",
     "llama4_text": "Llama4ForCausalLM",
     "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration",
+    "qwen3_next": "Qwen3NextForCausalLM",
 }
 
 # transformers 5.x writes some config keys under its own canonical names; the seed

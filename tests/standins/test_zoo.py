@@ -31,6 +31,7 @@ STRUCTURE = {
     "deepseek_v3": ("n_routed_experts", "num_experts_per_tok", [1, 2], True, True),
     "llama4_text": ("num_local_experts", "num_experts_per_tok", [0, 1, 2], True, False),
     "qwen3_5_moe": ("num_experts", "num_experts_per_tok", [0, 1, 2], True, False),
+    "qwen3_next": ("num_experts", "num_experts_per_tok", [0, 1, 2], True, False),
 }
 
 
@@ -46,6 +47,7 @@ def _checkpoint_keys(path) -> list[str]:
 def test_zoo_covers_every_seed_family():
     assert {spec.model_type for spec in ZOO.values()} == {
         "qwen3_moe", "mixtral", "ernie4_5_moe", "glm4_moe", "deepseek_v3", "llama4_text", "qwen3_5_moe_text",
+        "qwen3_next",
     }
     assert set(STRUCTURE) == set(ZOO)
 

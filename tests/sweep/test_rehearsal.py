@@ -26,7 +26,7 @@ SEED_SWEEPS = sorted(p for p in (REPO / "sweeps").glob("*.yaml") if p.stem != "t
 EXPECTED = {  # stand-in family, quantisation format, MTP layers: what each seed model is
     "ernie": ("ernie4_5_moe", "none", 0), "glm": ("glm4_moe", "none", 1), "kimi_k2": ("deepseek_v3", "packed_int4", 0),
     "llama4_scout": ("llama4_text", "none", 0), "mixtral": ("mixtral", "none", 0), "qwen3": ("qwen3_moe", "none", 0),
-    "qwen3_coder": ("qwen3_moe", "fp8_block", 0),
+    "qwen3_coder": ("qwen3_moe", "fp8_block", 0), "qwen3_5_moe": ("qwen3_5_moe_text", "none", 0),
 }
 
 
