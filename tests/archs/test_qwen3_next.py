@@ -62,9 +62,10 @@ def test_compressed_checkpoint_logits_follow_the_plan(zoo_dir, stats, tmp_path, 
 
 
 def test_vllm_cpu_serves_the_compressed_checkpoint(zoo_dir, stats, tmp_path):
-    """vLLM's prompt log-probs on a pruned checkpoint equal transformers'."""
-    from tests.test_compressed_serving import _serve_and_check
+    """vLLM's prompt log-probs on a pruned checkpoint equal transformers' (float32). vllm-cpu runs Gated DeltaNet
+    attention in bfloat16 only ("CPU GDN attention requires BF16."), so it serves the checkpoint in bfloat16."""
+    from tests.test_compressed_serving import SERVING_DTYPE, _serve_and_check
 
     source = zoo_dir / FAMILY
     out = write_checkpoint(make_plan(stats, "reap", 0.5, source), source, tmp_path / "reap", progress=False).path
-    _serve_and_check(out, tmp_path, "qwen3_next-reap")
+    _serve_and_check(out, tmp_path, "qwen3_next-reap", dtype=SERVING_DTYPE[FAMILY])
