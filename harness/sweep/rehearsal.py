@@ -40,7 +40,7 @@ from harness.serving.vllm import serves_quantised_weights
 
 log = logging.getLogger("harness.sweep.rehearsal")
 
-SEED_MODELS = Path(__file__).with_name("seed_models.yaml")
+SEED_MODELS = Path(__file__).parents[1] / "seed_models.yaml"  # harness/seed_models.yaml
 HUB_ORG = "rehearsal"
 # Stand-ins: at most this many experts unless the ratios need more to stay (in)feasible as on the real model.
 MIN_STAND_IN_EXPERTS = 16
@@ -379,7 +379,7 @@ def default_data_dir(raw: dict[str, Any], base: Path) -> Path | None:
     given = raw.get("data_dir")
     if given and (base / given).expanduser().is_dir():
         return (base / given).expanduser().resolve()
-    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    shared = Path(__file__).resolve().parents[3] / "shared" / "datasets"  # beside the repository
     return shared if shared.is_dir() else None
 
 
