@@ -86,6 +86,10 @@ class MoEArch:
     # multi-token-prediction layers are stored after the decoder layers (None: the family has none).
     leading_dense_key: ClassVar[str | None] = None
     mtp_layers_key: ClassVar[str | None] = None
+    # Checkpoint key prefixes of modules stored beside the decoder stack that the causal LM never runs (Qwen3-Next's
+    # and Qwen3.5's multi-token-prediction module under `mtp.`, with its own routed experts): compressed
+    # checkpoints drop them, and counts leave them out, as they do MTP layers.
+    extra_module_prefixes: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def leading_dense_layers(cls, config: dict[str, Any]) -> int:

@@ -31,6 +31,10 @@ class Qwen3NextArch(MoEArch):
     expert_count_key = "num_experts"
     shared_attr = "shared_expert"
     structure_keys = ("norm_topk_prob", "decoder_sparse_step", "mlp_only_layers")
+    # The released checkpoints store a multi-token-prediction module (one decoder layer with its own routed experts)
+    # under `mtp.`, which the causal LM skips; compressed checkpoints drop it (vLLM serves them without MTP
+    # speculative decoding).
+    extra_module_prefixes = ("mtp.",)
 
     def moe_layer(self, layer_index: int, decoder_layer: nn.Module, prefix: str = "") -> MoELayer | None:
         layer = super().moe_layer(layer_index, decoder_layer, prefix)

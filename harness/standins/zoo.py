@@ -385,6 +385,36 @@ def _fuse_experts_on_disk(out_dir: Path) -> int:
     return fused
 
 
+def _add_mtp_module(out_dir: Path, generator) -> list[str]:
+    """Store the multi-token-prediction module beside the decoder stack where the family's releases do
+    (`extra_module_prefixes`, Qwen3-Next and Qwen3.5: `mtp.fc`, three norms and one full-attention decoder
+    layer with its own routed experts, in the checkpoint's expert layout). transformers and vLLM's causal LM skip
+    it; a compressed checkpoint must not trip over its experts. Returns the keys added."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from harness.archs import get_arch
+
+    arch = get_arch(out_dir)
+    prefix = next((p for p in arch.extra_module_prefixes if p.startswith("mtp")), None)
+    if prefix is None:
+        return []
+    single = out_dir / "model.safetensors"
+    if not single.is_file():
+        raise ValueError(f"{out_dir}: adding the MTP module needs a single-file zoo checkpoint")
+    tensors = load_file(str(single))
+    hidden = int(arch.config["hidden_size"])
+    full = arch.config["layer_types"].index("full_attention")
+    source = arch.layer_prefix(full)
+    added = {f"{prefix}layers.0.{k[len(source):]}": torch.randn(t.shape, generator=generator) * t.std().nan_to_num(0.02)
+             for k, t in tensors.items() if k.startswith(source)}
+    added[f"{prefix}fc.weight"] = torch.randn(hidden, 2 * hidden, generator=generator) / math.sqrt(2 * hidden)
+    for norm in ("pre_fc_norm_hidden", "pre_fc_norm_embedding", "norm"):
+        added[f"{prefix}{norm}.weight"] = torch.ones(hidden)
+    save_file({**tensors, **added}, str(single), metadata={"format": "pt"})
+    return sorted(added)
+
+
 def _use_hub_config_keys(out_dir: Path, model_type: str) -> None:
     renames = _HUB_CONFIG_KEYS.get(model_type)
     if not renames:
@@ -532,6 +562,7 @@ def build_model(name: str, out_dir: str | Path, seed: int = SEED,
     model.save_pretrained(out, max_shard_size="1GB")
     _ensure_saved_tensors(model, out)
     _fuse_experts_on_disk(out)
+    _add_mtp_module(out, generator)
     _use_hub_config_keys(out, spec.model_type)
     tokenizer.save_pretrained(out)
     GenerationConfig(

@@ -17,8 +17,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from harness.archs import get_arch
 from harness.checkpoint import write_checkpoint
 from harness.compress import plan_from_files as make_plan
+from tests.archs.test_qwen3_5_moe import (
+    _apply_plan,
+    _logits,
+    check_block_against_raw_weights,
+    check_mtp_module_is_dropped,
+)
 from tests.checkpoint.test_compress_cli import calibrate
-from tests.archs.test_qwen3_5_moe import _apply_plan, _logits, check_block_against_raw_weights
 from tests.standins.test_zoo import TEXTS
 
 FAMILY = "qwen3_next"
@@ -59,6 +64,7 @@ def test_compressed_checkpoint_logits_follow_the_plan(zoo_dir, stats, tmp_path, 
     real = batch.attention_mask.bool()
     got, expected = _logits(compressed, batch)[real], _logits(reference, batch)[real]
     assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+    check_mtp_module_is_dropped(source, out)
 
 
 def test_vllm_cpu_serves_the_compressed_checkpoint(zoo_dir, stats, tmp_path):
