@@ -95,6 +95,10 @@ class MoEArch:
     # multi-token-prediction layers are stored after the decoder layers (None: the family has none).
     leading_dense_key: ClassVar[str | None] = None
     mtp_layers_key: ClassVar[str | None] = None
+    # Checkpoint key prefixes of modules stored beside the decoder stack that the causal LM never runs (Qwen3-Next's
+    # and Qwen3.5's multi-token-prediction module under `mtp.`, with its own routed experts): compressed
+    # checkpoints drop them, and counts leave them out, as they do MTP layers.
+    extra_module_prefixes: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def leading_dense_layers(cls, config: dict[str, Any]) -> int:
@@ -149,6 +153,11 @@ class MoEArch:
         return int(self.config.get("topk_group") or self.n_group)
 
     # -- modules ----------------------------------------------------------------------
+    @property
+    def embedding_key(self) -> str:
+        """The checkpoint key of the input embeddings (a multimodal wrapper stores them under its own prefix)."""
+        return f"{self.embedding_path}.weight"
+
     def layer_prefix(self, index: int) -> str:
         """The key prefix (and module path, dot-terminated) of decoder layer `index`."""
         return f"{self.layers_path}.{index}."

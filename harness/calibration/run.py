@@ -118,18 +118,19 @@ def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attenti
     config = model.config
     inner = model.model
     weights = _LayerWeights(model_dir, dtype)
-    embedding, embed_key = model.get_submodule(arch.embedding_path), f"{arch.embedding_path}.weight"
+    embedding, embed_key = model.get_submodule(arch.embedding_path), arch.embedding_key
     embedding.to_empty(device=device)
     embedding.weight.data.copy_(weights.load(embed_key)[embed_key])
     with torch.device(device):  # recompute inv_freq (a meta tensor so far)
         inner.rotary_emb = type(inner.rotary_emb)(config=inner.config)
     layers = arch.decoder_layers(model)
     moe_layers = {layer.index: layer for layer in arch.moe_layers(model)}
+    hidden_size = config.get_text_config().hidden_size  # a multimodal wrapper's text settings
     observer = Observer(None, arch, extras=frozenset(extras),
-                        layers=list(moe_layers.values()), hidden_size=config.hidden_size, routing=routing)
+                        layers=list(moe_layers.values()), hidden_size=hidden_size, routing=routing)
 
     batches = list(_batches(input_ids, attention_mask, batch_size))
-    home = _activation_home(device, input_ids.numel() * config.hidden_size * torch.finfo(dtype).bits // 8)
+    home = _activation_home(device, input_ids.numel() * hidden_size * torch.finfo(dtype).bits // 8)
     hidden: list[torch.Tensor] = []
     layer_kwargs: list[list[dict[str, Any]]] = []
     with torch.no_grad():

@@ -38,7 +38,7 @@ class TensorRoles:
         self.block = arch.hub_block_attr or arch.block_attr
         self.router_prefix = f"{self.block}.{arch.router_attr}."
         marker = re.compile(rf"^(.*?)layers\.\d+\.{re.escape(self.block)}\.experts\.")
-        keys = list(keys)
+        keys = [k for k in keys if not self._extra(k)]
         prefixes = sorted({m.group(1) for key in keys if (m := marker.match(key))})
         if not prefixes:
             raise CheckpointError(f"no routed-expert tensors found: a {arch.model_type} checkpoint should have keys "
@@ -49,7 +49,12 @@ class TensorRoles:
         self._layer = re.compile(rf"^{re.escape(self.prefix)}layers\.(\d+)\.(.+)$")
         self.num_layers = int(arch.config["num_hidden_layers"])
 
+    def _extra(self, key: str) -> bool:
+        return bool(self.arch.extra_module_prefixes) and key.startswith(self.arch.extra_module_prefixes)
+
     def role(self, key: str) -> Role:
+        if self._extra(key):  # a module outside the model's forward (Qwen3-Next's `mtp.`)
+            return Role("extra_layer")
         match = self._layer.match(key)
         if not match:
             return Role("other")

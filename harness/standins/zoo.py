@@ -61,6 +61,12 @@ class ZooSpec:
     # Spread of the router's own bias and of the experts' biases (families that have them; gpt-oss).
     router_bias_std: float | None = None
     expert_bias_std: float | None = None
+    # The multimodal wrapper the seed checkpoint is stored as (its model_type), and the wrapper's own
+    # settings (a tiny vision tower); `config` is then its text_config. None: a plain causal LM.
+    wrapper: str | None = None
+    wrapper_config: dict[str, Any] = field(default_factory=dict)
+    # Spread of the routers' weights on the constant embedding channel (the per-expert popularity lever).
+    popularity_std: float = 0.4
 
 
 # GLM-4.5-Air's layout in small; the grouped stand-in differs only in its router groups.
@@ -162,6 +168,54 @@ ZOO: dict[str, ZooSpec] = {
             correction_bias_std=0.3,
         ),
         ZooSpec(
+            "qwen3_5_moe",
+            "qwen3_5_moe_text",
+            "Qwen3.5-35B-A3B / Qwen3.5-397B-A17B (multimodal wrapper, fused experts on disk)",
+            dict(
+                head_dim=64,
+                moe_intermediate_size=64,
+                shared_expert_intermediate_size=64,
+                num_experts=8,
+                num_experts_per_tok=2,
+                # Gated DeltaNet linear attention; the real models put one full-attention layer after every
+                # three linear ones (interval 4). Interval 2 keeps both kinds in three layers: linear, full, linear.
+                full_attention_interval=2,
+                linear_key_head_dim=64,
+                linear_value_head_dim=64,
+                linear_num_key_heads=1,
+                linear_num_value_heads=2,
+                linear_conv_kernel_dim=4,
+            ),
+            wrapper="qwen3_5_moe",
+            popularity_std=1.0,  # the linear-attention mixing dilutes the constant channel more than attention does
+            wrapper_config=dict(vision_config=dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=1,
+                                                   out_hidden_size=128, num_position_embeddings=64,
+                                                   patch_size=16, spatial_merge_size=2, temporal_patch_size=2)),
+        ),
+        ZooSpec(
+            "qwen3_next",
+            "qwen3_next",
+            "Qwen3-Next-80B-A3B-Instruct",
+            dict(
+                head_dim=64,
+                intermediate_size=256,
+                moe_intermediate_size=64,
+                shared_expert_intermediate_size=64,
+                num_experts=8,
+                num_experts_per_tok=2,
+                norm_topk_prob=True,
+                decoder_sparse_step=1,
+                # As for qwen3_5_moe: interval 2 (linear, full, linear) instead of the real 4.
+                full_attention_interval=2,
+                linear_key_head_dim=64,
+                linear_value_head_dim=64,
+                linear_num_key_heads=1,
+                linear_num_value_heads=2,
+                linear_conv_kernel_dim=4,
+            ),
+            popularity_std=1.0,
+        ),
+        ZooSpec(
             "llama4_text",
             "llama4_text",
             "Llama-4-Scout-17B-16E-Instruct",
@@ -229,8 +283,14 @@ def _make_config(spec: ZooSpec, special: dict[str, int], overrides: dict[str, An
         vocab_size=special["vocab_size"],
         bos_token_id=special["bos"], eos_token_id=special["eos"], pad_token_id=special["pad"]
     )
-    config = AutoConfig.for_model(spec.model_type, **kwargs)
-    config.architectures = [_ARCHITECTURES[spec.model_type]]
+    if spec.wrapper is not None:
+        text = {k: v for k, v in kwargs.items() if k not in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        text.update(bos_token_id=special["bos"], eos_token_id=special["eos"], pad_token_id=special["pad"])
+        config = AutoConfig.for_model(spec.wrapper, text_config=text, tie_word_embeddings=False,
+                                      **spec.wrapper_config)
+    else:
+        config = AutoConfig.for_model(spec.model_type, **kwargs)
+    config.architectures = [_ARCHITECTURES[spec.wrapper or spec.model_type]]
     return config
 
 
@@ -243,6 +303,8 @@ _ARCHITECTURES = {
     "llama4_text": "Llama4ForCausalLM",
     "gpt_oss": "GptOssForCausalLM",
     "minimax_m2": "MiniMaxM2ForCausalLM",
+    "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration",
+    "qwen3_next": "Qwen3NextForCausalLM",
 }
 
 # transformers 5.x writes some config keys under its own canonical names; the seed
@@ -270,7 +332,7 @@ def _shape_routing(model, spec: ZooSpec, generator) -> None:
     """
     import torch
 
-    hidden = model.config.hidden_size
+    hidden = model.config.get_text_config().hidden_size
     emb = model.get_input_embeddings().weight
     with torch.no_grad():
         # Unit-scale embeddings keep the constant channel one feature among many after
@@ -284,7 +346,7 @@ def _shape_routing(model, spec: ZooSpec, generator) -> None:
             base = torch.randn(n_experts, hidden, generator=generator) / math.sqrt(hidden)
             row_scale = torch.exp(0.5 * torch.randn(n_experts, 1, generator=generator))
             base = base * row_scale * 2.0
-            base[:, 0] = 0.4 * torch.randn(n_experts, generator=generator)
+            base[:, 0] = spec.popularity_std * torch.randn(n_experts, generator=generator)
             param.copy_(base.to(param.dtype))
         if spec.correction_bias_std is not None:
             for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
@@ -352,6 +414,74 @@ def _use_hub_tensor_names(out_dir: Path, model_type: str) -> None:
                 key = key[: -len(ours)] + hub
         renamed[key] = tensor
     save_file(renamed, str(single), metadata={"format": "pt"})
+
+
+def _fuse_experts_on_disk(out_dir: Path) -> int:
+    """Store the routed experts fused when the family's checkpoints do (`hub_fused_expert_names`): transformers
+    5.x saves some fused-expert models (Qwen3.5-MoE) per expert, unlike their hub releases. Returns the number
+    of layers fused (0: the family stores experts per expert, or save_pretrained fused them already)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from harness.archs import get_arch
+    from harness.archs.base import ExpertWeights
+    from harness.checkpoint.roles import TensorRoles
+
+    arch = get_arch(out_dir)
+    names = arch.hub_fused_expert_names
+    single = out_dir / "model.safetensors"
+    if names is None:
+        return 0
+    if not single.is_file():
+        raise ValueError(f"{out_dir}: fusing experts needs a single-file zoo checkpoint")
+    tensors = load_file(str(single))
+    roles = TensorRoles(arch, tensors)
+    fused = 0
+    for layer, found in roles.inventory(tensors).items():
+        if not found.experts:
+            continue
+        hub = {hub_name: ours for ours, hub_name in arch.hub_expert_names.items()}
+        rows = []
+        for j in sorted(found.experts):
+            parts = {hub[name.removesuffix(".weight")]: tensors.pop(key) for name, key in found.experts[j].items()}
+            rows.append(arch.join_fused_expert(ExpertWeights(**parts)))
+        block = roles.block
+        tensors[roles.key(layer, f"{block}.experts.{names['gate_up']}")] = torch.stack([g for g, _ in rows])
+        tensors[roles.key(layer, f"{block}.experts.{names['down']}")] = torch.stack([d for _, d in rows])
+        fused += 1
+    if fused:
+        save_file(tensors, str(single), metadata={"format": "pt"})
+    return fused
+
+
+def _add_mtp_module(out_dir: Path, generator) -> list[str]:
+    """Store the multi-token-prediction module beside the decoder stack where the family's releases do
+    (`extra_module_prefixes`, Qwen3-Next and Qwen3.5: `mtp.fc`, three norms and one full-attention decoder
+    layer with its own routed experts, in the checkpoint's expert layout). transformers and vLLM's causal LM skip
+    it; a compressed checkpoint must not trip over its experts. Returns the keys added."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from harness.archs import get_arch
+
+    arch = get_arch(out_dir)
+    prefix = next((p for p in arch.extra_module_prefixes if p.startswith("mtp")), None)
+    if prefix is None:
+        return []
+    single = out_dir / "model.safetensors"
+    if not single.is_file():
+        raise ValueError(f"{out_dir}: adding the MTP module needs a single-file zoo checkpoint")
+    tensors = load_file(str(single))
+    hidden = int(arch.config["hidden_size"])
+    full = arch.config["layer_types"].index("full_attention")
+    source = arch.layer_prefix(full)
+    added = {f"{prefix}layers.0.{k[len(source):]}": torch.randn(t.shape, generator=generator) * t.std().nan_to_num(0.02)
+             for k, t in tensors.items() if k.startswith(source)}
+    added[f"{prefix}fc.weight"] = torch.randn(hidden, 2 * hidden, generator=generator) / math.sqrt(2 * hidden)
+    for norm in ("pre_fc_norm_hidden", "pre_fc_norm_embedding", "norm"):
+        added[f"{prefix}{norm}.weight"] = torch.ones(hidden)
+    save_file({**tensors, **added}, str(single), metadata={"format": "pt"})
+    return sorted(added)
 
 
 def _use_hub_config_keys(out_dir: Path, model_type: str) -> None:
@@ -504,12 +634,19 @@ def build_model(name: str, out_dir: str | Path, seed: int = SEED,
     family_seed = seed + int(hashlib.sha256(name.encode()).hexdigest()[:6], 16)
     torch.manual_seed(family_seed)
     generator = torch.Generator().manual_seed(family_seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if spec.wrapper is not None:  # the whole multimodal model, so that its checkpoint has the vision tower
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     _shape_routing(model, spec, generator)
     model.eval()
     model.save_pretrained(out, max_shard_size="1GB")
     _ensure_saved_tensors(model, out)
     _use_hub_tensor_names(out, spec.model_type)
+    _fuse_experts_on_disk(out)
+    _add_mtp_module(out, generator)
     _use_hub_config_keys(out, spec.model_type)
     tokenizer.save_pretrained(out)
     GenerationConfig(

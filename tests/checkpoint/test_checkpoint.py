@@ -59,10 +59,24 @@ def _prune_plan(layers, num_experts, kept):
                         for i in layers})
 
 
+def _outside_causal_lm(model_dir) -> int:
+    """Parameters a multimodal wrapper's checkpoint holds beyond its causal LM (the vision tower), counted on
+    the whole multimodal model transformers builds from it; 0 for a plain causal-LM checkpoint."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    if "text_config" not in config or "vision_config" not in config:
+        return 0
+    from transformers import AutoModelForImageTextToText
+
+    full = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    return sum(t.numel() for k, t in full.state_dict().items() if ".visual." in f".{k}")
+
+
 def _brute_counts(model, top_k: int, distinct_removed: int = 0) -> tuple[int, int]:
-    """From the loaded model: every state tensor, minus `distinct_removed` duplicate experts per MoE layer."""
+    """From the loaded model: every state tensor, minus `distinct_removed` duplicate experts per MoE layer
+    (plus a multimodal checkpoint's vision tower, which the causal LM does not load)."""
     state = model.state_dict()
-    total = sum(t.numel() for t in state.values())
+    extra = _outside_causal_lm(model.name_or_path)
+    total = sum(t.numel() for t in state.values()) + extra
     routed = {k: t for k, t in state.items() if k.endswith(ROUTED)}
     per_layer: dict[str, int] = {}
     for key, t in routed.items():
@@ -70,7 +84,7 @@ def _brute_counts(model, top_k: int, distinct_removed: int = 0) -> tuple[int, in
         per_layer[layer] = per_layer.get(layer, 0) + t[0].numel()
     total -= distinct_removed * sum(per_layer.values())
     activated = sum(t.numel() for k, t in state.items() if k not in routed) + top_k * sum(per_layer.values())
-    return total, activated
+    return total, activated + extra
 
 
 def _expected_pruned_state(source_state, kept):
@@ -111,9 +125,12 @@ def test_identity_plan_reproduces_the_source(zoo_dir, family, tmp_path):
     assert torch.equal(_logits(_load(out), batch), _logits(model, batch))
 
     # The shards, read by the safetensors library, hold exactly the source tensors; the index lists them.
+    # Modules the model never runs (Qwen3-Next's `mtp.`) are left out, and listed as such.
     written, original = _all_tensors(out), _all_tensors(source)
-    assert written.keys() == original.keys()
-    assert all(torch.equal(written[k], original[k]) for k in original)
+    dropped = {k for k in original if arch.extra_module_prefixes and k.startswith(arch.extra_module_prefixes)}
+    assert set(info.recipe["dropped_tensors"]) == dropped
+    assert written.keys() == original.keys() - dropped
+    assert all(torch.equal(written[k], original[k]) for k in written)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(written)
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in written.values())
@@ -164,9 +181,9 @@ def _never_selected(zoo_dir, family, tmp_path):
 
     def edit(tensors, arch):
         for i, experts in planted.items():
-            tensors[f"model.layers.{i}.{block}.{router}.weight"][experts, 0] = -50.0
+            tensors[f"{arch.layer_prefix(i)}{block}.{router}.weight"][experts, 0] = -50.0
             if arch.correction_bias_key:  # selection adds the bias; a near-zero score alone may still win
-                tensors[f"model.layers.{i}.{arch.correction_bias_key}"][..., experts] = -50.0
+                tensors[f"{arch.layer_prefix(i)}{arch.correction_bias_key}"][..., experts] = -50.0
 
     return _modify_source(zoo_dir, family, tmp_path, edit), planted, "planted"
 
@@ -189,7 +206,7 @@ def test_pruning_never_selected_experts_keeps_the_logits(zoo_dir, family, tmp_pa
                 layers=layers)
     out = write_checkpoint(plan, source, tmp_path / "out", progress=False).path
     pruned = _load(out)
-    assert json.loads((out / "config.json").read_text())[arch.expert_count_key] == plan.num_groups
+    assert get_arch(out).config[arch.expert_count_key] == plan.num_groups
     before, after = _logits(model, batch), _logits(pruned, batch)
     real = batch.attention_mask.bool()
     assert torch.allclose(after[real], before[real], atol=1e-5, rtol=0), (after - before)[real].abs().max()
@@ -211,8 +228,7 @@ def test_pruning_slices_every_per_expert_tensor(zoo_dir, family, tmp_path):
     assert got.keys() == expected.keys()
     for key, tensor in expected.items():
         assert torch.equal(got[key], tensor), key
-    config = json.loads((info.path / "config.json").read_text())
-    assert config[arch.expert_count_key] == len(kept)
+    assert get_arch(info.path).config[arch.expert_count_key] == len(kept)
     assert count_parameters(info.path) == _brute_counts(pruned, arch.top_k) == (info.total_params,
                                                                                 info.activated_params)
     with torch.no_grad():
@@ -227,9 +243,10 @@ def _plant_copies(zoo_dir, family, tmp_path, perm):
 
     def edit(tensors, arch):
         block = _hub_block(arch)
-        layers = sorted({int(k.split(".")[2]) for k in tensors if f".{block}.experts." in k})
+        layers = sorted({int(k.split(f".{block}.experts.")[0].rsplit(".", 1)[1]) for k in tensors
+                         if f".{block}.experts." in k})
         for i in layers:
-            p = f"model.layers.{i}.{block}.experts."
+            p = f"{arch.layer_prefix(i)}{block}.experts."
             if p + "gate_up_proj_bias" in tensors:  # gpt-oss: gate and up columns interleaved, biased
                 gu, down = tensors[p + "gate_up_proj"], tensors[p + "down_proj"]  # [E, H, 2I], [E, I, H]
                 gu_bias, down_bias = tensors[p + "gate_up_proj_bias"], tensors[p + "down_proj_bias"]
@@ -240,11 +257,12 @@ def _plant_copies(zoo_dir, family, tmp_path, perm):
                 for t in (gu, down, gu_bias, down_bias):
                     t[5] = t[4].clone()
                 continue
-            if arch.hub_fused_expert_names:
-                gu, down = tensors[p + "gate_up_proj"], tensors[p + "down_proj"]  # [E, H, 2I], [E, I, H]
-                inter = gu.shape[2] // 2
-                gu[3] = torch.cat([gu[1][:, :inter][:, perm], gu[1][:, inter:][:, perm]], dim=1)
-                down[3] = down[1][perm]
+            if arch.hub_fused_expert_names:  # rows oriented as the adapter's split/join say
+                names = arch.hub_fused_expert_names
+                gu, down = tensors[p + names["gate_up"]], tensors[p + names["down"]]
+                one = arch.split_fused_expert(gu[1], down[1])
+                gu[3], down[3] = arch.join_fused_expert(type(one)(gate=one.gate[perm], up=one.up[perm],
+                                                                  down=one.down[:, perm]))
                 gu[5], down[5] = gu[4].clone(), down[4].clone()
                 continue
             names = arch.hub_expert_names
@@ -267,8 +285,7 @@ def _merge_plan(layers, num_experts, groups):
 @pytest.mark.parametrize("family", list(ZOO))
 def test_merging_copies_keeps_logits_and_shares_slots(zoo_dir, family, tmp_path):
     arch = get_arch(zoo_dir / family)
-    inter = json.loads((zoo_dir / family / "config.json").read_text()).get("moe_intermediate_size") or \
-        json.loads((zoo_dir / family / "config.json").read_text())["intermediate_size"]
+    inter = arch.config.get("moe_intermediate_size") or arch.config["intermediate_size"]
     perm = torch.randperm(inter, generator=torch.Generator().manual_seed(0))
     source = _plant_copies(zoo_dir, family, tmp_path, perm)
     model = _load(source)
@@ -304,7 +321,7 @@ def test_merging_copies_keeps_logits_and_shares_slots(zoo_dir, family, tmp_path)
     assert recipe["experts_per_layer"] == {"source": arch.num_experts, "router_slots": arch.num_experts,
                                            "distinct": arch.num_experts - 3,
                                            "distinct_total": (arch.num_experts - 3) * len(layers)}
-    assert json.loads((info.path / "config.json").read_text())[arch.expert_count_key] == arch.num_experts
+    assert get_arch(info.path).config[arch.expert_count_key] == arch.num_experts
     assert count_parameters(info.path) == _brute_counts(merged, arch.top_k, distinct_removed=3)
 
 
@@ -360,7 +377,7 @@ def test_non_uniform_merge_with_zero_experts(zoo_dir, family, tmp_path):
         if f"layers.{second}." in key:
             assert not got[4:8].any()
             assert torch.equal(got[8:], src[8:])
-    assert json.loads((info.path / "config.json").read_text())[arch.expert_count_key] == e
+    assert get_arch(info.path).config[arch.expert_count_key] == e
     per_layer = {str(i): len(lp.groups) for i, lp in plan.layers.items()}
     assert info.recipe["experts_per_layer"] == {"source": e, "router_slots": e, "distinct": per_layer,
                                                 "distinct_total": plan.total_groups}
@@ -679,7 +696,7 @@ def test_the_fused_expert_orientation_round_trips(zoo_dir, family):
     """An adapter's split of one expert's fused rows and its join are inverses, and split gives [out, in]."""
     arch = get_arch(zoo_dir / family)
     hidden, inter = 6, 4
-    if arch.hub_fused_expert_names:  # stored input-major: gate_up [H, 2I], down [I, H]
+    if family == "llama4_text":  # stored input-major: gate_up [H, 2I], down [I, H]
         gate_up, down = torch.randn(hidden, 2 * inter), torch.randn(inter, hidden)
     else:  # the module's fused layout: gate_up [2I, H], down [H, I]
         gate_up, down = torch.randn(2 * inter, hidden), torch.randn(hidden, inter)

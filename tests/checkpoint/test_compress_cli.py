@@ -124,7 +124,7 @@ def test_every_method_and_ratio_loads_in_transformers_and_answers(zoo_dir, stats
             info = write_checkpoint(plan, source, tmp_path / f"{method}-{ratio}", progress=False)
             model = AutoModelForCausalLM.from_pretrained(info.path, dtype=torch.float32).eval()
             slots = plan.num_groups if plan.kind == "prune" else arch.num_experts
-            assert json.loads((info.path / "config.json").read_text())[arch.expert_count_key] == slots
+            assert get_arch(info.path).config[arch.expert_count_key] == slots
             with torch.no_grad():
                 answer = model.generate(**prompt, max_new_tokens=3, do_sample=False)
             assert answer.shape[1] == prompt.input_ids.shape[1] + 3, (method, ratio)

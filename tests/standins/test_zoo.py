@@ -32,6 +32,8 @@ STRUCTURE = {
     "llama4_text": ("num_local_experts", "num_experts_per_tok", [0, 1, 2], True, False),
     "gpt_oss": ("num_local_experts", "num_experts_per_tok", [0, 1, 2], False, False),
     "minimax_m2": ("num_local_experts", "num_experts_per_tok", [0, 1, 2], False, True),
+    "qwen3_5_moe": ("num_experts", "num_experts_per_tok", [0, 1, 2], True, False),
+    "qwen3_next": ("num_experts", "num_experts_per_tok", [0, 1, 2], True, False),
 }
 
 
@@ -47,7 +49,7 @@ def _checkpoint_keys(path) -> list[str]:
 def test_zoo_covers_every_seed_family():
     assert {spec.model_type for spec in ZOO.values()} == {
         "qwen3_moe", "mixtral", "ernie4_5_moe", "glm4_moe", "deepseek_v3", "llama4_text", "gpt_oss",
-        "minimax_m2",
+        "minimax_m2", "qwen3_5_moe_text", "qwen3_next",
     }
     assert set(STRUCTURE) == set(ZOO)
 
@@ -55,15 +57,17 @@ def test_zoo_covers_every_seed_family():
 @pytest.mark.parametrize("family", list(ZOO))
 def test_family_structure_and_hf_forward(zoo_dir, family):
     path = zoo_dir / family
-    config = json.loads((path / "config.json").read_text())
-    assert config["model_type"] == ZOO[family].model_type
+    arch = get_arch(path)
+    config = arch.config  # a multimodal wrapper's text_config
+    assert arch.model_type == ZOO[family].model_type
+    assert json.loads((path / "config.json").read_text())["model_type"] == (ZOO[family].wrapper or arch.model_type)
     n_key, k_key, moe_layers, shared, corrected = STRUCTURE[family]
     n_experts, top_k = config[n_key], config[k_key]
     assert n_experts >= 8 and 1 <= top_k < n_experts
 
     keys = _checkpoint_keys(path)
     for layer in range(config["num_hidden_layers"]):
-        layer_keys = [k for k in keys if k.startswith(f"model.layers.{layer}.")]
+        layer_keys = [k for k in keys if k.startswith(arch.layer_prefix(layer))]
         is_moe = any(".experts." in k for k in layer_keys)
         assert is_moe == (layer in moe_layers), f"layer {layer}: MoE={is_moe}"
         if layer in moe_layers:
@@ -103,7 +107,7 @@ def test_routing_is_uneven_and_expert_specific(zoo_dir, family):
         observer.set_mask(batch.attention_mask)  # count real tokens only
         model(**batch)
     counts = {index: stats.count for index, stats in observer.stats.items()}
-    config = json.loads((path / "config.json").read_text())
+    config = get_arch(path).config
     n_key, k_key, moe_layers, _, _ = STRUCTURE[family]
     assert len(counts) == len(moe_layers)
     real_tokens = int(batch.attention_mask.sum())

