@@ -72,7 +72,7 @@ def test_table_rates_are_the_samples_means(run_tables):
         assert row.value == pytest.approx(flags.mean()), (row.method, row.ratio, row.task, kind)
         assert row.n_samples == len(sub)
         checked += 1
-    assert checked >= 11 * 7 * 4
+    assert checked >= 13 * 7 * 4
 
 
 def test_failure_figure_shows_the_table(run_tables):
@@ -85,7 +85,8 @@ def test_failure_figure_shows_the_table(run_tables):
     grid = np.ma.filled(images[0].get_array(), np.nan)
     ax = images[0].axes
     rows = [t.get_text() for t in ax.get_yticklabels()]
-    assert rows[0] == "Baseline" and len(rows) == 11
+    variants = len(results[["method", "ratio"]].drop_duplicates())  # the baseline and every method x ratio
+    assert rows[0] == "Baseline" and len(rows) == variants == 13
     # The cell of REAP 50 % x (toy_math, no_answer) is the table's value, in %.
     cols = [t.get_text() for t in ax.get_xticklabels()]
     tasks = sorted(results.loc[results["metric"].str.startswith(METRIC_PREFIX), "task"].unique())
