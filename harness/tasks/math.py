@@ -51,7 +51,7 @@ _BOLD = re.compile(r"\*\*([^*\n]+?)\*\*")
 _BOLD_LABEL = re.compile(r"^\s*[A-Za-z][A-Za-z ]{0,30}:\s*")  # "**Answer: 18**", "**Total: 18**"
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _GROUPED_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_WORD = re.compile(r"[A-Za-z]+")
+_WORD = re.compile(r"[^\W\d_]+")  # letters of any script (str.isalpha agrees)
 _FRACTION = re.compile(r"-?\d+\s*/\s*\d+")
 # Words that belong to an expression (functions, constants), not to the prose around it.
 _MATH_WORDS = frozenset({"sqrt", "pi", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "inf",

@@ -696,7 +696,7 @@ def test_the_fused_expert_orientation_round_trips(zoo_dir, family):
     """An adapter's split of one expert's fused rows and its join are inverses, and split gives [out, in]."""
     arch = get_arch(zoo_dir / family)
     hidden, inter = 6, 4
-    if family == "llama4_text":  # stored input-major: gate_up [H, 2I], down [I, H]
+    if family in ("llama4_text", "gpt_oss"):  # stored input-major: gate_up [H, 2I], down [I, H]
         gate_up, down = torch.randn(hidden, 2 * inter), torch.randn(inter, hidden)
     else:  # the module's fused layout: gate_up [2I, H], down [H, I]
         gate_up, down = torch.randn(2 * inter, hidden), torch.randn(hidden, inter)
