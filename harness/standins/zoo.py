@@ -396,17 +396,24 @@ def _ensure_saved_tensors(model, out_dir: Path) -> list[str]:
     return sorted(missing)
 
 
+def _single_shard(out_dir: Path, what: str) -> tuple[Path, dict]:
+    """The one-shard zoo checkpoint and its tensors, for an edit after save_pretrained (`what` names the edit)."""
+    from safetensors.torch import load_file
+
+    single = out_dir / "model.safetensors"
+    if not single.is_file():
+        raise ValueError(f"{out_dir}: {what} needs a single-shard zoo checkpoint")
+    return single, load_file(str(single))
+
+
 def _use_hub_tensor_names(out_dir: Path, model_type: str) -> None:
     """Rename the saved tensors `_HUB_TENSOR_NAMES` lists to the release's names (one-shard zoo models)."""
     renames = _HUB_TENSOR_NAMES.get(model_type)
     if not renames:
         return
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    single = out_dir / "model.safetensors"
-    if not single.is_file():
-        raise ValueError(f"{model_type}: renaming tensors needs a single-shard zoo model, {out_dir} is sharded")
-    tensors = load_file(str(single))
+    single, tensors = _single_shard(out_dir, f"renaming {model_type}'s tensors")
     renamed = {}
     for key, tensor in tensors.items():
         for ours, hub in renames.items():
@@ -421,7 +428,7 @@ def _fuse_experts_on_disk(out_dir: Path) -> int:
     5.x saves some fused-expert models (Qwen3.5-MoE) per expert, unlike their hub releases. Returns the number
     of layers fused (0: the family stores experts per expert, or save_pretrained fused them already)."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from harness.archs import get_arch
     from harness.archs.base import ExpertWeights
@@ -429,12 +436,9 @@ def _fuse_experts_on_disk(out_dir: Path) -> int:
 
     arch = get_arch(out_dir)
     names = arch.hub_fused_expert_names
-    single = out_dir / "model.safetensors"
     if names is None:
         return 0
-    if not single.is_file():
-        raise ValueError(f"{out_dir}: fusing experts needs a single-file zoo checkpoint")
-    tensors = load_file(str(single))
+    single, tensors = _single_shard(out_dir, "fusing experts")
     roles = TensorRoles(arch, tensors)
     fused = 0
     for layer, found in roles.inventory(tensors).items():
@@ -460,7 +464,7 @@ def _add_mtp_module(out_dir: Path, generator) -> list[str]:
     layer with its own routed experts, in the checkpoint's expert layout). transformers and vLLM's causal LM skip
     it; a compressed checkpoint must not trip over its experts. Returns the keys added."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from harness.archs import get_arch
 
@@ -468,10 +472,7 @@ def _add_mtp_module(out_dir: Path, generator) -> list[str]:
     prefix = next((p for p in arch.extra_module_prefixes if p.startswith("mtp")), None)
     if prefix is None:
         return []
-    single = out_dir / "model.safetensors"
-    if not single.is_file():
-        raise ValueError(f"{out_dir}: adding the MTP module needs a single-file zoo checkpoint")
-    tensors = load_file(str(single))
+    single, tensors = _single_shard(out_dir, "adding the MTP module")
     hidden = int(arch.config["hidden_size"])
     full = arch.config["layer_types"].index("full_attention")
     source = arch.layer_prefix(full)
