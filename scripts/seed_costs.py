@@ -57,7 +57,7 @@ def table(data_dir: Path | None) -> str:
         for m in models:
             quant = m.shape.config.get("quantization_config") or (m.shape.config.get("text_config") or {}).get(
                 "quantization_config")
-            stored = {"fp8": "FP8 blocks", "compressed-tensors": "int4 (W4A16)"}.get(
+            stored = {"fp8": "FP8 blocks", "compressed-tensors": "int4 (W4A16)", "mxfp4": "MXFP4 experts"}.get(
                 (quant or {}).get("quant_method"), m.shape.text_config.get("dtype", "bfloat16"))
             sized = [v for v in m.variants if v.checkpoint is not None]
             by_kind: dict[str, dict[float, int]] = {}

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from harness.archs.layout import TensorLayout
+
 
 @dataclass
 class ExpertWeights:
@@ -57,8 +59,9 @@ class MoELayer:
     top_k: int
 
 
-class MoEArch:
-    """Adapter for one model family; subclasses mostly set class attributes."""
+class MoEArch(TensorLayout):
+    """Adapter for one model family; subclasses mostly set class attributes. Its checkpoint's tensors from
+    config.json alone come from `TensorLayout` (harness.archs.layout)."""
 
     model_type: ClassVar[str]
     expert_count_key: ClassVar[str]

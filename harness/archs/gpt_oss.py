@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from harness.archs.base import ExpertWeights, MoEArch, MoELayer
+from harness.archs.layout import Shapes
 from harness.checkpoint.quantisation import MXFP4_BLOCKS, MXFP4_SCALES, dequantise_mxfp4, quantise_mxfp4
 
 _WEIGHTS = ("gate_up_proj", "down_proj")
@@ -30,6 +31,8 @@ class GptOssArch(MoEArch):
     router_attr = "router"
     hub_fused_expert_names = {"gate_up": "gate_up_proj", "down": "down_proj"}
     structure_keys = ("sliding_window", "swiglu_limit", "swiglu_alpha")
+    expert_size_key = "intermediate_size"
+    attention_output_bias = True
     # vLLM renders every gpt-oss chat request with the harmony encoding, whatever tokenizer the checkpoint ships;
     # a rehearsal stand-in's vocabulary cannot hold those ids, so its chat tasks are listed as not rehearsed.
     rehearsal_chat_limit = ("vLLM renders gpt-oss chat requests with the harmony encoding (o200k token ids), which a "
@@ -90,3 +93,15 @@ class GptOssArch(MoEArch):
             else:
                 rows[f"{name}{MXFP4_BLOCKS}"], rows[f"{name}{MXFP4_SCALES}"] = quantise_mxfp4(value.T)
         return rows
+
+    # -- stored tensors (unquantised; the MXFP4 blocks and scales are the inventory's) -------------------------
+    def attention_shapes(self, i: int, p: str) -> Shapes:
+        return {**super().attention_shapes(i, p), p + "self_attn.sinks": (self.config["num_attention_heads"],)}
+
+    def feed_forward_shapes(self, p: str, moe: bool) -> Shapes:
+        """The biased router and the fused, input-major experts with their biases (every layer is MoE)."""
+        c, f = self.config, p + "mlp."
+        H, inter, E = c["hidden_size"], c["intermediate_size"], self.num_experts
+        return {f + "router.weight": (E, H), f + "router.bias": (E,), f + "experts.gate_up_proj": (E, H, 2 * inter),
+                f + "experts.gate_up_proj_bias": (E, 2 * inter), f + "experts.down_proj": (E, inter, H),
+                f + "experts.down_proj_bias": (E, H)}

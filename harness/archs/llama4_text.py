@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from harness.archs.base import ExpertWeights, MoEArch, MoELayer, Routing, replace_forward
+from harness.archs.layout import Shapes, mlp_shapes
 
 
 class Llama4TextArch(MoEArch):
@@ -24,6 +25,7 @@ class Llama4TextArch(MoEArch):
     hub_fused_expert_names = {"gate_up": "gate_up_proj", "down": "down_proj"}
     wrapper_model_type = "llama4"  # the multimodal Llama4ForConditionalGeneration config
     structure_keys = ("interleave_moe_layer_step", "moe_layers")
+    attention_output_bias = True
 
     def split_fused_expert(self, gate_up: torch.Tensor, down: torch.Tensor) -> ExpertWeights:
         """Llama-4 stores experts input-major, in the module and on disk: gate_up [H, 2I], down [I, H]."""
@@ -54,5 +56,21 @@ class Llama4TextArch(MoEArch):
 
         return replace_forward(block, forward)
 
+    # -- stored tensors ---------------------------------------------------------------------------------------
+    def moe_layer_indices(self) -> list[int]:
+        """`moe_layers` when the config lists them, else every `interleave_moe_layer_step`-th layer."""
+        c = self.config
+        if c.get("moe_layers") is not None:
+            return list(c["moe_layers"])
+        step = c.get("interleave_moe_layer_step", 1) or 1
+        return [i for i in range(c["num_hidden_layers"]) if (i + 1) % step == 0]
 
-
+    def feed_forward_shapes(self, p: str, moe: bool) -> Shapes:
+        """A dense MLP of `intermediate_size_mlp`, or the router, fused input-major experts and the shared expert."""
+        c, f = self.config, p + "feed_forward."
+        H, inter = c["hidden_size"], c["intermediate_size"]
+        if not moe:
+            return mlp_shapes(f, c.get("intermediate_size_mlp") or inter, H)
+        E = self.num_experts
+        return {f + "router.weight": (E, H), f + "experts.gate_up_proj": (E, H, 2 * inter),
+                f + "experts.down_proj": (E, inter, H), **mlp_shapes(f + "shared_expert.", inter, H)}

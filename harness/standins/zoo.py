@@ -168,6 +168,31 @@ ZOO: dict[str, ZooSpec] = {
             correction_bias_std=0.3,
         ),
         ZooSpec(
+            "glm4_moe_lite",
+            "glm4_moe_lite",
+            "GLM-4.7-Flash (MLA attention, GLM-4.5 routing)",
+            dict(
+                intermediate_size=256,
+                moe_intermediate_size=64,
+                n_routed_experts=8,
+                num_experts_per_tok=2,
+                n_shared_experts=1,
+                first_k_dense_replace=1,  # what vLLM reads; transformers' mlp_layer_types says the same
+                routed_scaling_factor=1.8,
+                norm_topk_prob=True,
+                n_group=1,
+                topk_group=1,
+                num_key_value_heads=2,  # MLA: one latent per head
+                # vLLM's CPU MLA kernel only handles DeepSeek's latent size: kv_lora_rank 512 + rope 64 = 576.
+                kv_lora_rank=512,
+                q_lora_rank=64,  # the release has a query latent too (768)
+                qk_rope_head_dim=64,
+                qk_nope_head_dim=64,
+                v_head_dim=64,
+            ),
+            correction_bias_std=0.3,
+        ),
+        ZooSpec(
             "qwen3_5_moe",
             "qwen3_5_moe_text",
             "Qwen3.5-35B-A3B / Qwen3.5-397B-A17B (multimodal wrapper, fused experts on disk)",
@@ -300,6 +325,7 @@ _ARCHITECTURES = {
     "ernie4_5_moe": "Ernie4_5_MoeForCausalLM",
     "glm4_moe": "Glm4MoeForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM",
+    "glm4_moe_lite": "Glm4MoeLiteForCausalLM",
     "llama4_text": "Llama4ForCausalLM",
     "gpt_oss": "GptOssForCausalLM",
     "minimax_m2": "MiniMaxM2ForCausalLM",

@@ -340,7 +340,7 @@ def seed_model_config(hub_id: str) -> dict[str, Any]:
     for estimates where the real one cannot be read."""
     import yaml
 
-    from harness.checkpoint.quantisation import fp8_block_config, packed_int_config
+    from harness.checkpoint.quantisation import fp8_block_config, mxfp4_config, packed_int_config
     from harness.standins.zoo import _W4A16_IGNORE
     from harness.sweep.rehearsal import SEED_MODELS
 
@@ -351,7 +351,9 @@ def seed_model_config(hub_id: str) -> dict[str, Any]:
     text = {"model_type": item["family"], **item["config"], **item["sizes"]}
     quant = item.get("quantisation")
     qc = (fp8_block_config([], (128, 128)) if quant == "fp8" else
-          packed_int_config(_W4A16_IGNORE, num_bits=4, group_size=32) if quant == "w4a16" else None)
+          packed_int_config(_W4A16_IGNORE, num_bits=4, group_size=32) if quant == "w4a16" else
+          mxfp4_config(["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"])
+          if quant == "mxfp4" else None)
     if qc is not None:
         text["quantization_config"] = qc
     if item["family"] == "llama4_text":  # stored as the multimodal wrapper, text under language_model.

@@ -634,7 +634,7 @@ def test_distinct_experts_are_found_by_their_bytes_not_their_ends(tmp_path):
 
 
 # -- multi-token-prediction layers ------------------------------------------------------------------------
-@pytest.mark.parametrize("family", ["glm4_moe", "deepseek_v3"])
+@pytest.mark.parametrize("family", ["glm4_moe", "deepseek_v3", "glm4_moe_lite"])
 def test_mtp_layers_count_the_same_for_the_baseline_and_the_variants(zoo_dir, family, tmp_path):
     """The MTP layers are not served and are not written into compressed checkpoints: neither total counts them."""
     from harness.checkpoint import parameter_counts

@@ -14,7 +14,7 @@ from harness.checkpoint.inventory import from_config, from_headers, moe_layer_in
 from harness.sweep.costs import ModelShape, checkpoint_cost, directory_bytes, nominal_plan
 
 FAMILIES = ["qwen3_moe", "mixtral", "ernie4_5_moe", "glm4_moe", "glm4_moe_grouped", "deepseek_v3", "llama4_text",
-            "gpt_oss", "minimax_m2"]
+            "gpt_oss", "minimax_m2", "glm4_moe_lite"]
 
 
 def _bf16_copy(src: Path, out: Path) -> Path:
@@ -68,11 +68,24 @@ def test_config_layout_equals_the_headers_of_every_family(models):
 def test_config_layout_includes_stored_mtp_layers(tmp_path, zoo_dir):
     from harness.standins.zoo import add_mtp_layers
 
-    for family in ("glm4_moe", "deepseek_v3"):
+    for family in ("glm4_moe", "deepseek_v3", "glm4_moe_lite"):
         model = shutil.copytree(zoo_dir / family, tmp_path / family)
         add_mtp_layers(model, 1)
         config = json.loads((model / "config.json").read_text())
         assert from_config(config) == from_headers(model), family
+
+
+def test_config_layout_of_the_hybrid_attention_families(zoo_dir):
+    """Qwen3-Next and Qwen3.5 (Gated DeltaNet and gated full attention, shared-expert gate; Qwen3.5 in its
+    multimodal wrapper, whose vision tower is not laid out): key by key against the zoo's headers, with the MTP
+    module under `mtp.` laid out exactly when the config declares it (`mtp_num_hidden_layers`, as the hub's do)."""
+    for family in ("qwen3_next", "qwen3_5_moe"):
+        config = json.loads((zoo_dir / family / "config.json").read_text())
+        stored = {k: t for k, t in from_headers(zoo_dir / family).items() if not k.startswith("model.visual.")}
+        assert any(k.startswith("mtp.") for k in stored) and any(".linear_attn." in k for k in stored), family
+        assert from_config(config) == {k: t for k, t in stored.items() if not k.startswith("mtp.")}, family
+        (config.get("text_config") or config)["mtp_num_hidden_layers"] = 1
+        assert from_config(config) == stored, family
 
 
 def _random_plan(shape: ModelShape, ratio: float, kind: str, seed: int):
