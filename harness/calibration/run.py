@@ -121,8 +121,9 @@ def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attenti
     embedding, embed_key = model.get_submodule(arch.embedding_path), arch.embedding_key
     embedding.to_empty(device=device)
     embedding.weight.data.copy_(weights.load(embed_key)[embed_key])
-    with torch.device(device):  # recompute inv_freq (a meta tensor so far)
-        inner.rotary_emb = type(inner.rotary_emb)(config=inner.config)
+    if hasattr(inner, "rotary_emb"):  # Kimi-Linear has none (no positional encoding)
+        with torch.device(device):  # recompute inv_freq (a meta tensor so far)
+            inner.rotary_emb = type(inner.rotary_emb)(config=inner.config)
     layers = arch.decoder_layers(model)
     moe_layers = {layer.index: layer for layer in arch.moe_layers(model)}
     hidden_size = config.get_text_config().hidden_size  # a multimodal wrapper's text settings
@@ -308,12 +309,15 @@ def _load_dequantised(model_dir: str | Path, dtype: torch.dtype, devices: list[t
         missing = [k for k in missing if k != "lm_head.weight"]
     if missing:
         raise RuntimeError(f"{model_dir}: tensors missing from the checkpoint: {missing[:5]}")
-    with torch.device(first):  # inv_freq is computed, not stored
-        inner.rotary_emb = type(inner.rotary_emb)(config=inner.config)
+    if hasattr(inner, "rotary_emb"):
+        with torch.device(first):  # inv_freq is computed, not stored
+            inner.rotary_emb = type(inner.rotary_emb)(config=inner.config)
     if len(devices) > 1:
         from accelerate import dispatch_model
 
-        device_map = {arch.embedding_path: first, "model.rotary_emb": first, "model.norm": last, "lm_head": last}
+        device_map = {arch.embedding_path: first, "model.norm": last, "lm_head": last}
+        if hasattr(inner, "rotary_emb"):
+            device_map["model.rotary_emb"] = first
         device_map.update({f"{arch.layers_path}.{i}": devices[i // per_device] for i in range(len(layers))})
         model = dispatch_model(model, device_map=device_map)
     return model.eval()

@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +194,33 @@ ZOO: dict[str, ZooSpec] = {
             correction_bias_std=0.3,
         ),
         ZooSpec(
+            "kimi_linear",
+            "kimi_linear",
+            "Kimi-Linear-48B-A3B-Instruct (KDA + MLA, DeepSeek-V3 routing)",
+            dict(
+                intermediate_size=256,
+                moe_intermediate_size=64,
+                num_experts=8,
+                num_experts_per_token=2,
+                num_shared_experts=1,
+                first_k_dense_replace=1,
+                routed_scaling_factor=2.446,
+                moe_renormalize=True,
+                num_expert_group=1,
+                topk_group=1,
+                num_key_value_heads=2,  # MLA: one latent per head
+                kv_lora_rank=512,  # vLLM's CPU MLA kernel: kv_lora_rank 512 + rope 64
+                q_lora_rank=None,  # as the release
+                qk_rope_head_dim=64,
+                qk_nope_head_dim=64,
+                v_head_dim=64,
+                # The release's own form (1-based layer lists): KDA, MLA, KDA (the real model: MLA every fourth).
+                linear_attn_config={"head_dim": 64, "num_heads": 2, "short_conv_kernel_size": 4,
+                                    "kda_layers": [1, 3], "full_attn_layers": [2]},
+            ),
+            correction_bias_std=0.3,
+        ),
+        ZooSpec(
             "qwen3_5_moe",
             "qwen3_5_moe_text",
             "Qwen3.5-35B-A3B / Qwen3.5-397B-A17B (multimodal wrapper, fused experts on disk)",
@@ -326,6 +354,7 @@ _ARCHITECTURES = {
     "glm4_moe": "Glm4MoeForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM",
     "glm4_moe_lite": "Glm4MoeLiteForCausalLM",
+    "kimi_linear": "KimiLinearForCausalLM",
     "llama4_text": "Llama4ForCausalLM",
     "gpt_oss": "GptOssForCausalLM",
     "minimax_m2": "MiniMaxM2ForCausalLM",
@@ -399,13 +428,16 @@ def _ensure_saved_tensors(model, out_dir: Path) -> list[str]:
     from harness.checkpoint.shards import ShardReader
 
     keys = set(ShardReader(out_dir).tensors)
-    # Hub names can differ from in-memory names (ERNIE keeps the bias under
-    # `mlp.moe_statics`), so a layer counts as covered if any of its keys holds it.
-    covered = {key.split(".mlp.")[0] for key in keys if key.endswith("e_score_correction_bias")}
+    # Hub names can differ from in-memory names (ERNIE keeps the bias under `mlp.moe_statics`, Kimi-Linear's
+    # block is `block_sparse_moe`), so a layer counts as covered if any of its keys holds it.
+    def layer(key: str) -> str:
+        return re.sub(r"^(.*?layers\.\d+)\..*$", r"\1", key)
+
+    covered = {layer(key) for key in keys if key.endswith("e_score_correction_bias")}
     missing = {
         name: tensor.detach().clone().contiguous()
         for name, tensor in list(model.named_parameters()) + list(model.named_buffers())
-        if name.endswith("e_score_correction_bias") and name.split(".mlp.")[0] not in covered
+        if name.endswith("e_score_correction_bias") and layer(name) not in covered
     }
     single = out_dir / "model.safetensors"
     if missing and single.is_file():

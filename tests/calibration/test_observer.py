@@ -147,7 +147,8 @@ def _naive_softmax_topk(arch):
     return route
 
 
-@pytest.mark.parametrize("family", ["glm4_moe", "glm4_moe_grouped", "deepseek_v3", "glm4_moe_lite", "minimax_m2"])
+@pytest.mark.parametrize("family", ["glm4_moe", "glm4_moe_grouped", "deepseek_v3", "glm4_moe_lite", "kimi_linear",
+                                    "minimax_m2"])
 def test_naive_routing_would_fail_the_reference(zoo_dir, family):
     _, model, arch, batch = _setup(zoo_dir, family)
     with torch.no_grad(), Observer(model, arch) as observer:

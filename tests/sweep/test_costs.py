@@ -14,7 +14,8 @@ from harness.checkpoint.inventory import from_config, from_headers, moe_layer_in
 from harness.sweep.costs import ModelShape, checkpoint_cost, directory_bytes, nominal_plan
 
 FAMILIES = ["qwen3_moe", "mixtral", "ernie4_5_moe", "glm4_moe", "glm4_moe_grouped", "deepseek_v3", "llama4_text",
-            "gpt_oss", "minimax_m2", "glm4_moe_lite"]
+            "gpt_oss", "minimax_m2", "glm4_moe_lite",
+            "kimi_linear"]
 
 
 def _bf16_copy(src: Path, out: Path) -> Path:
