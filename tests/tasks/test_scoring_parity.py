@@ -178,7 +178,10 @@ def test_evalplus_verdicts_match_evalplus_on_the_same_replies(server, tmp_path, 
                 ours = by_id[task_id]
                 assert ours["output"] == reply  # the reply the server gave is the one both scored
                 rows.append((name, task_id, style, ours["extracted"], ours["base_status"] == "pass",
-                             ours["base_status"] == ours["plus_status"] == "pass", *theirs[task_id]))
+                             ours["base_status"] == ours["plus_status"] == "pass", *theirs[task_id],
+                             # why ours failed, for the message of a disagreement
+                             (ours["base_status"], ours.get("base_sandbox_failure"), ours["plus_status"],
+                              ours.get("plus_sandbox_failure"))))
 
     same_code = [r for r in rows if r[3] == r[6]]
     same_base = [r for r in rows if r[4] == r[7]]
@@ -196,9 +199,13 @@ def test_evalplus_verdicts_match_evalplus_on_the_same_replies(server, tmp_path, 
             agree = sum(r[4] == r[7] and r[5] == r[8] for r in mine)
             print(f"  {style:24s} n={len(mine):3d} base pass {sum(r[7] for r in mine):3d} "
                   f"plus pass {sum(r[8] for r in mine):3d} (evalplus); agree {agree}")
+        for r in rows:  # shown even when the test is an expected failure: the cause of each disagreement
+            if r[4] != r[7] or r[5] != r[8]:
+                print(f"  DISAGREE {r[0]} {r[1]} ({r[2]}): ours base/plus {r[4]}/{r[5]}, evalplus {r[7]}/{r[8]}; "
+                      f"ours (base status, sandbox failure, plus status, sandbox failure) = {r[9]}")
     assert len({(r[0], r[1]) for r in rows}) >= 2 * N_PROBLEMS
     assert {r[2] for r in rows} == set(STYLES)
-    disagree = [(r[0], r[1], r[2], (r[4], r[5]), (r[7], r[8])) for r in rows if r[4] != r[7] or r[5] != r[8]]
+    disagree = [(r[0], r[1], r[2], (r[4], r[5]), (r[7], r[8]), r[9]) for r in rows if r[4] != r[7] or r[5] != r[8]]
     assert not disagree, disagree
     assert len(same_code) == len(rows), [(r[1], r[2]) for r in rows if r[3] != r[6]][:5]
     assert len(same_base) == len(same_plus) == len(rows)
