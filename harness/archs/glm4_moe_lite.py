@@ -26,7 +26,9 @@ class Glm4MoeLiteArch(DeepseekV3Arch):
 
     def moe_layer_indices(self) -> list[int]:
         """The layers transformers makes sparse: `mlp_layer_types` where the config has it."""
-        types = self.config.get("mlp_layer_types")
+        c = self.config
+        types = c.get("mlp_layer_types")
         if types:
             return [i for i, kind in enumerate(types) if kind == "sparse"]
-        return super().moe_layer_indices()
+        first, freq = self.leading_dense_layers(c), c.get("moe_layer_freq", 1) or 1
+        return [i for i in range(c["num_hidden_layers"]) if i >= first and i % freq == 0]

@@ -13,19 +13,18 @@ sit on the attention (the module nests them under `forget_gate.`).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from harness.archs.deepseek_v3 import DeepseekV3Arch
+from harness.archs.glm4_moe_lite import Glm4MoeLiteArch
 from harness.archs.layout import Shapes
 
 _FORGET_GATE = ("f_a_proj.", "f_b_proj.", "dt_bias", "A_log")
 _CONVS = ("q_conv1d", "k_conv1d", "v_conv1d")
 
 
-class KimiLinearArch(DeepseekV3Arch):
-    """DeepSeek-V3's router and MLA (its full-attention layers), with KDA layers and the release's own names."""
+class KimiLinearArch(Glm4MoeLiteArch):
+    """GLM-4.7-Flash's router, MLA (its full-attention layers) and sparse-layer rule (`mlp_layer_types`, else
+    `first_k_dense_replace`, default 1), with KDA layers and the release's own names."""
 
     model_type = "kimi_linear"
     expert_count_key = "num_experts"
@@ -46,19 +45,6 @@ class KimiLinearArch(DeepseekV3Arch):
     @property
     def n_group(self) -> int:
         return int(self.config.get("num_expert_group") or 1)
-
-    @classmethod
-    def leading_dense_layers(cls, config: dict[str, Any]) -> int:
-        types = config.get("mlp_layer_types")
-        if types:
-            return next((i for i, kind in enumerate(types) if kind == "sparse"), len(types))
-        return int(config.get("first_k_dense_replace", 1))  # transformers' default
-
-    def moe_layer_indices(self) -> list[int]:
-        types = self.config.get("mlp_layer_types")
-        if types:
-            return [i for i, kind in enumerate(types) if kind == "sparse"]
-        return list(range(self.leading_dense_layers(self.config), self.config["num_hidden_layers"]))
 
     # -- checkpoint layout -----------------------------------------------------------------------------------
     def module_key(self, hub_key: str) -> str:

@@ -19,8 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from harness.archs import get_arch
 from harness.checkpoint import write_checkpoint
 from harness.compress import plan_from_files as make_plan
-from harness.plan import Plan
-from tests.archs.test_qwen3_5_moe import _logits
+from tests.archs.test_qwen3_5_moe import _apply_plan, _keys, _logits
 from tests.checkpoint.test_compress_cli import calibrate
 from tests.standins.test_zoo import TEXTS
 
@@ -30,15 +29,6 @@ FAMILY = "kimi_linear"
 # configuration ("--mamba-block-size can only be set with --enable-prefix-caching": its hybrid-model hook turns
 # prefix caching on, its CPU platform turns it off for MLA); with prefix caching off the import fails.
 VLLM_CPU_REFUSAL = r"No module named 'cutlass'|--mamba-block-size can only be set with --enable-prefix-caching"
-
-
-def _keys(path) -> dict[str, list[int]]:
-    """Every tensor's shape, over all the checkpoint's shards."""
-    shapes = {}
-    for file in sorted(path.glob("*.safetensors")):
-        with safe_open(str(file), "pt") as handle:
-            shapes.update({k: list(handle.get_slice(k).get_shape()) for k in handle.keys()})
-    return shapes
 
 
 def test_zoo_model_keeps_the_release_layout(zoo_dir):
@@ -77,30 +67,6 @@ def test_adapter_reads_the_release_keys_and_maps_layers_onto_the_modules(zoo_dir
         assert set(mapped) == set(expected), (i, sorted(set(mapped) ^ set(expected))[:4])
         for key, value in expected.items():
             assert torch.equal(mapped[key], value), (i, key)
-
-
-def _apply_plan(model, arch, plan: Plan) -> None:
-    """The plan applied by hand to the loaded source model: pruning keeps the listed experts' rows of the experts,
-    the router and its correction bias; merging writes each group's weighted average into every member's slot."""
-    for layer in arch.moe_layers(model):
-        lp = plan.layers[layer.index]
-        experts, router = layer.experts, layer.router
-        with torch.no_grad():
-            if plan.kind == "prune":
-                kept = lp.kept
-                experts.gate_up_proj = torch.nn.Parameter(experts.gate_up_proj[kept].clone())
-                experts.down_proj = torch.nn.Parameter(experts.down_proj[kept].clone())
-                router.weight = torch.nn.Parameter(router.weight[kept].clone())
-                router.e_score_correction_bias = router.e_score_correction_bias[kept].clone()
-                experts.num_experts = router.num_experts = len(kept)
-                continue
-            gate_up, down = experts.gate_up_proj.double(), experts.down_proj.double()
-            for group in lp.groups:
-                assert not group.align, "aligned merging is checked against brute force in test_merging"
-                w = torch.tensor(group.weights, dtype=torch.float64)
-                for j in group.members:
-                    experts.gate_up_proj[j] = (w[:, None, None] * gate_up[group.members]).sum(0).float()
-                    experts.down_proj[j] = (w[:, None, None] * down[group.members]).sum(0).float()
 
 
 @pytest.fixture(scope="module")

@@ -128,8 +128,8 @@ def check_block_against_raw_weights(path) -> None:
 
 def _apply_plan(model, arch, plan: Plan) -> None:
     """The plan applied to the loaded source model's tensors, directly: pruning keeps the listed experts'
-    rows (experts and router); merging writes each group's weighted average of its members' rows into every
-    member's slot (groups without neuron alignment only)."""
+    rows (experts, router and its correction bias if any); merging writes each group's weighted average of its
+    members' rows into every member's slot (groups without neuron alignment only)."""
     for layer in arch.moe_layers(model):
         lp = plan.layers[layer.index]
         experts, router = layer.experts, layer.router
@@ -139,6 +139,8 @@ def _apply_plan(model, arch, plan: Plan) -> None:
                 experts.gate_up_proj = torch.nn.Parameter(experts.gate_up_proj[kept].clone())
                 experts.down_proj = torch.nn.Parameter(experts.down_proj[kept].clone())
                 router.weight = torch.nn.Parameter(router.weight[kept].clone())
+                if getattr(router, "e_score_correction_bias", None) is not None:  # Kimi-Linear's router
+                    router.e_score_correction_bias = router.e_score_correction_bias[kept].clone()
                 experts.num_experts = router.num_experts = len(kept)
                 continue
             gate_up, down = experts.gate_up_proj.double(), experts.down_proj.double()
