@@ -86,6 +86,17 @@ _GLM: dict[str, Any] = dict(
     partial_rotary_factor=0.5,
 )
 
+# Multi-head latent attention (DeepSeek-V3, GLM-4.7-Flash, Kimi-Linear) in small. vLLM's CPU MLA kernel only handles
+# DeepSeek's latent size (kv_lora_rank 512 + rope 64 = 576); one latent per head.
+_MLA: dict[str, Any] = dict(
+    num_key_value_heads=2,
+    kv_lora_rank=512,
+    q_lora_rank=None,
+    qk_rope_head_dim=64,
+    qk_nope_head_dim=64,
+    v_head_dim=64,
+)
+
 ZOO: dict[str, ZooSpec] = {
     spec.name: spec
     for spec in [
@@ -152,14 +163,7 @@ ZOO: dict[str, ZooSpec] = {
                 norm_topk_prob=True,
                 n_group=1,
                 topk_group=1,
-                num_key_value_heads=2,  # MLA: one latent per head
-                # vLLM's CPU MLA kernel only handles DeepSeek's latent size:
-                # kv_lora_rank 512 + rope 64 = 576.
-                kv_lora_rank=512,
-                q_lora_rank=None,
-                qk_rope_head_dim=64,
-                qk_nope_head_dim=64,
-                v_head_dim=64,
+                **_MLA,
                 # As in Kimi-K2's config.json: vLLM builds the correction bias only
                 # for noaux_tc routing, and transformers ignores these keys.
                 topk_method="noaux_tc",
@@ -183,13 +187,7 @@ ZOO: dict[str, ZooSpec] = {
                 norm_topk_prob=True,
                 n_group=1,
                 topk_group=1,
-                num_key_value_heads=2,  # MLA: one latent per head
-                # vLLM's CPU MLA kernel only handles DeepSeek's latent size: kv_lora_rank 512 + rope 64 = 576.
-                kv_lora_rank=512,
-                q_lora_rank=64,  # the release has a query latent too (768)
-                qk_rope_head_dim=64,
-                qk_nope_head_dim=64,
-                v_head_dim=64,
+                **{**_MLA, "q_lora_rank": 64},  # the release has a query latent too (768)
             ),
             correction_bias_std=0.3,
         ),
@@ -208,12 +206,7 @@ ZOO: dict[str, ZooSpec] = {
                 moe_renormalize=True,
                 num_expert_group=1,
                 topk_group=1,
-                num_key_value_heads=2,  # MLA: one latent per head
-                kv_lora_rank=512,  # vLLM's CPU MLA kernel: kv_lora_rank 512 + rope 64
-                q_lora_rank=None,  # as the release
-                qk_rope_head_dim=64,
-                qk_nope_head_dim=64,
-                v_head_dim=64,
+                **_MLA,  # no query latent, as the release
                 # The release's own form (1-based layer lists): KDA, MLA, KDA (the real model: MLA every fourth).
                 linear_attn_config={"head_dim": 64, "num_heads": 2, "short_conv_kernel_size": 4,
                                     "kda_layers": [1, 3], "full_attn_layers": [2]},
