@@ -78,7 +78,14 @@ class NemotronHArch(MoEArch):
 
     # -- canonical expert view -------------------------------------------------------------------------------
     def expert_weights(self, layer: MoELayer, j: int) -> ExpertWeights:
-        return ExpertWeights(gate=None, up=layer.experts.up_proj[j], down=layer.experts.down_proj[j])
+        return self.split_fused_expert(layer.experts.up_proj[j], layer.experts.down_proj[j])
+
+    def split_fused_expert(self, up: torch.Tensor, down: torch.Tensor) -> ExpertWeights:
+        """Expert j from its rows of the module's fused tensors: up [I, D], down [D, I]; no gate."""
+        return ExpertWeights(gate=None, up=up, down=down)
+
+    def join_fused_expert(self, expert: ExpertWeights) -> tuple[torch.Tensor, torch.Tensor]:
+        return expert.up, expert.down
 
     def expert_forward(self, layer: MoELayer, j: int, x: torch.Tensor) -> torch.Tensor:
         """down relu2(up x): the module's own activation (`mlp_hidden_act`, relu2 in the releases)."""
