@@ -153,6 +153,12 @@ class MoEArch(TensorLayout):
         return int(self.config[self.top_k_key])
 
     @property
+    def expert_width(self) -> int:
+        """The width of what the routed experts read and write (their statistics' width): the hidden size, unless
+        the block projects tokens into a latent space first (Nemotron-H's `moe_latent_size`)."""
+        return int(self.config["hidden_size"])
+
+    @property
     def n_group(self) -> int:
         """Expert groups of group-limited routing (1 when the router has none)."""
         return int(self.config.get("n_group") or 1)

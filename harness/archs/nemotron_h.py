@@ -67,7 +67,7 @@ class NemotronHArch(MoEArch):
 
     @property
     def expert_width(self) -> int:
-        """What the routed experts read and write: the latent size when the block projects into one."""
+        """The latent size when the block projects into one (`moe_latent_size`), else the hidden size."""
         c = self.config
         return int(c.get("moe_latent_size") or c["hidden_size"])
 

@@ -106,13 +106,15 @@ def test_latent_projection_experts_see_the_projected_input():
         plain = model(input_ids=ids).logits
         for h in handles:
             h.remove()
-        with Observer(model, arch) as observer:
+        with Observer(model, arch, extras={"mean_out", "gated_out", "router_similarity"}) as observer:
             observed = model(input_ids=ids).logits
     torch.testing.assert_close(observed, plain, atol=1e-5, rtol=1e-5)
     for layer in layers:
         x = seen[layer.index]
         assert x.shape[-1] == 24  # the latent width, not the hidden size
-        assert observer.stats[layer.index].count.sum() == ids.numel() * 2
+        stats = observer.stats[layer.index]
+        assert stats.count.sum() == ids.numel() * 2
+        assert stats.mean_out.shape == stats.gated_out_sum.shape == (8, 24)  # statistics in the experts' width
 
 
 def _apply_plan(model, arch, plan: Plan) -> None:
