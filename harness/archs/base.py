@@ -21,14 +21,20 @@ from harness.archs.layout import TensorLayout
 @dataclass
 class ExpertWeights:
     """Expert j as three matrices: out = down @ (act(gate @ x) * (up @ x)), plus the biases of the
-    families whose experts have them (gpt-oss: out = down @ act(gate @ x + b_g, up @ x + b_u) + b_d)."""
+    families whose experts have them (gpt-oss: out = down @ act(gate @ x + b_g, up @ x + b_u) + b_d).
+    Ungated experts (Nemotron-H: out = down @ act(up @ x)) have no gate: None."""
 
-    gate: torch.Tensor  # [I, H]
+    gate: torch.Tensor | None  # [I, H]; None for an ungated expert
     up: torch.Tensor  # [I, H]
     down: torch.Tensor  # [H, I]
     gate_bias: torch.Tensor | None = None  # [I]
     up_bias: torch.Tensor | None = None  # [I]
     down_bias: torch.Tensor | None = None  # [H]
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> ExpertWeights:
+        """The inverse of `tensors`: a gate left out is None (an ungated expert)."""
+        return cls(**{"gate": None, **tensors})
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors present, by field name (biases only when the family has them)."""
@@ -145,6 +151,12 @@ class MoEArch(TensorLayout):
     @property
     def top_k(self) -> int:
         return int(self.config[self.top_k_key])
+
+    @property
+    def expert_width(self) -> int:
+        """The width of what the routed experts read and write (their statistics' width): the hidden size, unless
+        the block projects tokens into a latent space first (Nemotron-H's `moe_latent_size`)."""
+        return int(self.config["hidden_size"])
 
     @property
     def n_group(self) -> int:
@@ -277,7 +289,7 @@ class MoEArch(TensorLayout):
                     rel = f"{self.block_attr}.{rel[len(hub_block) + 1:]}"
                 state[self.module_key(rel)] = tensor
         if experts:
-            rows = [self.join_fused_expert(ExpertWeights(**experts[j])) for j in sorted(experts)]
+            rows = [self.join_fused_expert(ExpertWeights.from_tensors(experts[j])) for j in sorted(experts)]
             ours = f"{self.block_attr}.experts."
             state[f"{ours}gate_up_proj"] = torch.stack([gate_up for gate_up, _ in rows])
             state[f"{ours}down_proj"] = torch.stack([down for _, down in rows])

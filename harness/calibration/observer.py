@@ -74,7 +74,7 @@ class Observer:
         self.extras = frozenset(extras)
         recorded(self.extras)  # unknown names fail here, before any forward
         self.router_similarity = "router_similarity" in self.extras
-        self.hidden = hidden_size or int(arch.config["hidden_size"])
+        self.hidden = hidden_size or arch.expert_width
         self._sums: dict[int, _Accumulator] = {}
         self._mask: torch.Tensor | None = None
         self._undo: list[Any] = []

@@ -128,7 +128,7 @@ def calibrate_sequential(model_dir: str | Path, input_ids: torch.Tensor, attenti
     moe_layers = {layer.index: layer for layer in arch.moe_layers(model)}
     hidden_size = config.get_text_config().hidden_size  # a multimodal wrapper's text settings
     observer = Observer(None, arch, extras=frozenset(extras),
-                        layers=list(moe_layers.values()), hidden_size=hidden_size, routing=routing)
+                        layers=list(moe_layers.values()), hidden_size=arch.expert_width, routing=routing)
 
     batches = list(_batches(input_ids, attention_mask, batch_size))
     home = _activation_home(device, input_ids.numel() * hidden_size * torch.finfo(dtype).bits // 8)

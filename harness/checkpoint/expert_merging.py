@@ -30,19 +30,23 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 def _as_dtype(expert: ExpertWeights, dtype: torch.dtype) -> ExpertWeights:
-    return ExpertWeights(**{name: t.to(dtype) for name, t in expert.tensors().items()})
+    return ExpertWeights.from_tensors({name: t.to(dtype) for name, t in expert.tensors().items()})
 
 
 def neuron_similarity(reference: ExpertWeights, other: ExpertWeights) -> torch.Tensor:
     """[I, I] inner products of neuron vectors [gate_i | up_i | down[:, i]], summed per projection
-    (three matmuls instead of concatenating [I, 3H] features first)."""
-    if (reference.gate.shape, reference.down.shape) != (other.gate.shape, other.down.shape):
-        raise ValueError(f"cannot align experts of different shapes {tuple(reference.gate.shape)} and "
-                         f"{tuple(other.gate.shape)}")
-    dtype = compute_dtype(reference.gate, other.gate)
+    (three matmuls instead of concatenating [I, 3H] features first); ungated experts: [up_i | down[:, i]]."""
+    if (reference.up.shape, reference.down.shape) != (other.up.shape, other.down.shape) or \
+            (reference.gate is None) != (other.gate is None):
+        raise ValueError(f"cannot align experts of different shapes {tuple(reference.up.shape)} and "
+                         f"{tuple(other.up.shape)}, or a gated with an ungated one")
+    dtype = compute_dtype(reference.up, other.up)
     ref, oth = _as_dtype(reference, dtype), _as_dtype(other, dtype)
-    similarity = ref.gate @ oth.gate.T
-    similarity.addmm_(ref.up, oth.up.T)
+    if ref.gate is None:
+        similarity = ref.up @ oth.up.T
+    else:
+        similarity = ref.gate @ oth.gate.T
+        similarity.addmm_(ref.up, oth.up.T)
     similarity.addmm_(ref.down.T, oth.down)
     for name in ("gate_bias", "up_bias"):  # a biased neuron's bias is part of its vector
         a, b = getattr(ref, name), getattr(oth, name)
@@ -68,7 +72,8 @@ def alignment_permutation(reference: ExpertWeights, other: ExpertWeights) -> tor
 
 def permute_neurons(expert: ExpertWeights, perm: torch.Tensor) -> ExpertWeights:
     """The same function with its intermediate neurons reordered (the down bias is per output, unchanged)."""
-    return ExpertWeights(gate=expert.gate[perm], up=expert.up[perm], down=expert.down[:, perm],
+    return ExpertWeights(gate=None if expert.gate is None else expert.gate[perm], up=expert.up[perm],
+                         down=expert.down[:, perm],
                          gate_bias=None if expert.gate_bias is None else expert.gate_bias[perm],
                          up_bias=None if expert.up_bias is None else expert.up_bias[perm],
                          down_bias=expert.down_bias)
@@ -94,7 +99,7 @@ def merge_experts(experts: Sequence[ExpertWeights], weights: Sequence[float], *,
     dtype = compute_dtype(*(t for e in experts for t in e.tensors().values()))
     first = _as_dtype(experts[0], dtype)
     if total == 0.0:
-        return ExpertWeights(**{name: torch.zeros_like(t) for name, t in first.tensors().items()})
+        return ExpertWeights.from_tensors({name: torch.zeros_like(t) for name, t in first.tensors().items()})
     merged = {name: t * weights[0] for name, t in first.tensors().items()}
     for expert, weight in zip(experts[1:], weights[1:], strict=True):
         member = _as_dtype(expert, dtype)
@@ -102,4 +107,4 @@ def merge_experts(experts: Sequence[ExpertWeights], weights: Sequence[float], *,
             member = permute_neurons(member, alignment_permutation(first, member))
         for name, t in member.tensors().items():
             merged[name].add_(t, alpha=weight)
-    return ExpertWeights(**merged)
+    return ExpertWeights.from_tensors(merged)

@@ -101,7 +101,8 @@ def _group_merger(roles: TensorRoles, src: ShardReader, layer: int, tensors: Lay
         return dequantise_fp8(weight, src.load(names[fmt.scale]), block)
 
     def compute() -> dict[str, torch.Tensor]:
-        members = [ExpertWeights(**{role: load(j, fmt) for role, fmt in formats.items()}) for j in group.members]
+        members = [ExpertWeights.from_tensors({role: load(j, fmt) for role, fmt in formats.items()})
+                   for j in group.members]
         merged = merge_experts(members, group.weights, align=group.align)
         first = tensors.experts[group.members[0]]
         stored: dict[str, torch.Tensor] = {}

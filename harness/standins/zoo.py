@@ -214,6 +214,37 @@ ZOO: dict[str, ZooSpec] = {
             correction_bias_std=0.3,
         ),
         ZooSpec(
+            "nemotron_h",
+            "nemotron_h",
+            "NVIDIA-Nemotron-3-Nano-30B-A3B (Mamba-2 + attention + MoE layers, ungated relu2 experts)",
+            dict(
+                # The release's form: one mixer per layer from the pattern (the real model: 52 layers, 23 of them
+                # MoE, 6 attention); here Mamba-2, MoE, attention, MoE.
+                hybrid_override_pattern="ME*E",
+                num_hidden_layers=4,
+                head_dim=64,
+                intermediate_size=256,  # a '-' layer's MLP (none in the pattern, as in the release)
+                moe_intermediate_size=64,
+                moe_shared_expert_intermediate_size=128,  # the release: twice the routed experts' size
+                n_routed_experts=8,
+                num_experts_per_tok=2,
+                n_shared_experts=1,
+                n_group=1,
+                topk_group=1,
+                norm_topk_prob=True,
+                routed_scaling_factor=2.5,
+                mlp_hidden_act="relu2",
+                mamba_num_heads=4,
+                mamba_head_dim=64,
+                n_groups=2,
+                ssm_state_size=32,
+                conv_kernel=4,
+                chunk_size=128,
+                layer_norm_epsilon=1e-5,
+            ),
+            correction_bias_std=0.3,
+        ),
+        ZooSpec(
             "qwen3_5_moe",
             "qwen3_5_moe_text",
             "Qwen3.5-35B-A3B / Qwen3.5-397B-A17B (multimodal wrapper, fused experts on disk)",
@@ -348,6 +379,7 @@ _ARCHITECTURES = {
     "deepseek_v3": "DeepseekV3ForCausalLM",
     "glm4_moe_lite": "Glm4MoeLiteForCausalLM",
     "kimi_linear": "KimiLinearForCausalLM",
+    "nemotron_h": "NemotronHForCausalLM",
     "llama4_text": "Llama4ForCausalLM",
     "gpt_oss": "GptOssForCausalLM",
     "minimax_m2": "MiniMaxM2ForCausalLM",
@@ -362,7 +394,7 @@ _HUB_CONFIG_KEYS = {"qwen3_moe": {"num_local_experts": "num_experts"}}
 # the correction bias on `block_sparse_moe`, where vLLM looks for it).
 _HUB_TENSOR_NAMES = {"minimax_m2": {".mlp.e_score_correction_bias": ".block_sparse_moe.e_score_correction_bias"}}
 
-_ROUTER_SUFFIXES = (".mlp.gate.weight", ".feed_forward.router.weight", ".mlp.router.weight")
+_ROUTER_SUFFIXES = (".mlp.gate.weight", ".feed_forward.router.weight", ".mlp.router.weight", ".mixer.gate.weight")
 _ROUTER_BIAS_SUFFIXES = (".mlp.router.bias",)
 _EXPERT_BIAS_SUFFIXES = (".experts.gate_up_proj_bias", ".experts.down_proj_bias")
 
@@ -422,9 +454,10 @@ def _ensure_saved_tensors(model, out_dir: Path) -> list[str]:
 
     keys = set(ShardReader(out_dir).tensors)
     # Hub names can differ from in-memory names (ERNIE keeps the bias under `mlp.moe_statics`, Kimi-Linear's
-    # block is `block_sparse_moe`), so a layer counts as covered if any of its keys holds it.
+    # block is `block_sparse_moe`, Nemotron-H's model is `backbone.`), so a layer counts as covered if any of its
+    # keys holds it.
     def layer(key: str) -> str:
-        return re.sub(r"^(.*?layers\.\d+)\..*$", r"\1", key)
+        return re.sub(r"^(.*?layers\.\d+)\..*$", r"\1", re.sub(r"^backbone\.", "model.", key))
 
     covered = {layer(key) for key in keys if key.endswith("e_score_correction_bias")}
     missing = {
@@ -538,14 +571,30 @@ def _add_mtp_module(out_dir: Path, generator) -> list[str]:
 
 def _use_hub_config_keys(out_dir: Path, model_type: str) -> None:
     renames = _HUB_CONFIG_KEYS.get(model_type)
-    if not renames:
+    if not renames and model_type != "nemotron_h":
         return
     path = out_dir / "config.json"
     config = json.loads(path.read_text())
-    for ours, hub in renames.items():
+    for ours, hub in (renames or {}).items():
         if ours in config:
             config[hub] = config.pop(ours)
+    if model_type == "nemotron_h":
+        _nemotron_h_release_config(config)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _nemotron_h_release_config(config: dict[str, Any]) -> None:
+    """Nemotron-H's config.json as the release writes it: the layer stack as `hybrid_override_pattern` with
+    `num_hidden_layers` (transformers 5.19 saves `layers_block_type` instead, and no layer count), the MTP pattern
+    only with MTP layers, and an infinite time-step limit as JSON's Infinity."""
+    letters = {"linear_attention": "M", "full_attention": "*", "mlp": "-", "moe": "E"}
+    types = config.pop("layers_block_type")
+    config["hybrid_override_pattern"] = "".join(letters[t] for t in types)
+    config["num_hidden_layers"] = len(types)
+    if not config.get("num_nextn_predict_layers"):
+        config.pop("mtp_layers_block_type", None)
+    config["time_step_limit"] = [v if not isinstance(v, dict) else float(v["__float__"])
+                                 for v in config.get("time_step_limit", [0.0, math.inf])]
 
 
 @dataclass(frozen=True)

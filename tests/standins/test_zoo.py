@@ -31,6 +31,7 @@ STRUCTURE = {
     "deepseek_v3": ("n_routed_experts", "num_experts_per_tok", [1, 2], True, True),
     "glm4_moe_lite": ("n_routed_experts", "num_experts_per_tok", [1, 2], True, True),
     "kimi_linear": ("num_experts", "num_experts_per_token", [1, 2], True, True),
+    "nemotron_h": ("n_routed_experts", "num_experts_per_tok", [1, 3], True, True),
     "llama4_text": ("num_local_experts", "num_experts_per_tok", [0, 1, 2], True, False),
     "gpt_oss": ("num_local_experts", "num_experts_per_tok", [0, 1, 2], False, False),
     "minimax_m2": ("num_local_experts", "num_experts_per_tok", [0, 1, 2], False, True),
@@ -52,6 +53,7 @@ def test_zoo_covers_every_seed_family():
     assert {spec.model_type for spec in ZOO.values()} == {
         "qwen3_moe", "mixtral", "ernie4_5_moe", "glm4_moe", "deepseek_v3", "llama4_text", "gpt_oss",
         "minimax_m2", "qwen3_5_moe_text", "qwen3_next", "glm4_moe_lite", "kimi_linear",
+        "nemotron_h",
     }
     assert set(STRUCTURE) == set(ZOO)
 

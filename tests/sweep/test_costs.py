@@ -15,7 +15,7 @@ from harness.sweep.costs import ModelShape, checkpoint_cost, directory_bytes, no
 
 FAMILIES = ["qwen3_moe", "mixtral", "ernie4_5_moe", "glm4_moe", "glm4_moe_grouped", "deepseek_v3", "llama4_text",
             "gpt_oss", "minimax_m2", "glm4_moe_lite",
-            "kimi_linear"]
+            "kimi_linear", "nemotron_h"]
 
 
 def _bf16_copy(src: Path, out: Path) -> Path:

@@ -30,6 +30,7 @@ EXPECTED = {  # stand-in family, quantisation format, MTP layers: what each seed
     "gpt_oss_120b": ("gpt_oss", "mxfp4", 0), "minimax_m2": ("minimax_m2", "fp8_block", 0),
     "qwen3_5_moe": ("qwen3_5_moe_text", "none", 0), "qwen3_next": ("qwen3_next", "none", 0),
     "glm4_7_flash": ("glm4_moe_lite", "none", 1), "kimi_linear": ("kimi_linear", "none", 0),
+    "nemotron_h": ("nemotron_h", "none", 0),
 }
 
 
