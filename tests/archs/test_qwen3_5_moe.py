@@ -126,6 +126,13 @@ def check_block_against_raw_weights(path) -> None:
         torch.testing.assert_close(routing.weights, top, atol=1e-6, rtol=1e-6)
 
 
+def _fused_expert_params(experts) -> list[str]:
+    """The module's fused expert tensors: gate_up_proj and down_proj, or up_proj and down_proj (Nemotron-H's
+    ungated experts)."""
+    return [name for name in ("gate_up_proj", "up_proj", "down_proj")
+            if isinstance(getattr(experts, name, None), torch.nn.Parameter)]
+
+
 def _apply_plan(model, arch, plan: Plan) -> None:
     """The plan applied to the loaded source model's tensors, directly: pruning keeps the listed experts'
     rows (experts, router and its correction bias if any); merging writes each group's weighted average of its
@@ -133,25 +140,52 @@ def _apply_plan(model, arch, plan: Plan) -> None:
     for layer in arch.moe_layers(model):
         lp = plan.layers[layer.index]
         experts, router = layer.experts, layer.router
+        names = _fused_expert_params(experts)
         with torch.no_grad():
             if plan.kind == "prune":
                 kept = lp.kept
-                experts.gate_up_proj = torch.nn.Parameter(experts.gate_up_proj[kept].clone())
-                experts.down_proj = torch.nn.Parameter(experts.down_proj[kept].clone())
+                for name in names:
+                    setattr(experts, name, torch.nn.Parameter(getattr(experts, name)[kept].clone()))
                 router.weight = torch.nn.Parameter(router.weight[kept].clone())
-                if getattr(router, "e_score_correction_bias", None) is not None:  # Kimi-Linear's router
+                if getattr(router, "e_score_correction_bias", None) is not None:  # Kimi-Linear's, Nemotron-H's
                     router.e_score_correction_bias = router.e_score_correction_bias[kept].clone()
                 experts.num_experts = router.num_experts = len(kept)
                 continue
-            gate_up, down = experts.gate_up_proj.double(), experts.down_proj.double()
+            originals = {name: getattr(experts, name).double() for name in names}
             for group in lp.groups:
                 assert not group.align, "aligned merging is checked against brute force in test_merging"
                 w = torch.tensor(group.weights, dtype=torch.float64)
-                merged_gu = (w[:, None, None] * gate_up[group.members]).sum(0)
-                merged_down = (w[:, None, None] * down[group.members]).sum(0)
-                for j in group.members:
-                    experts.gate_up_proj[j] = merged_gu.float()
-                    experts.down_proj[j] = merged_down.float()
+                for name, original in originals.items():
+                    merged = (w[:, None, None] * original[group.members]).sum(0)
+                    for j in group.members:
+                        getattr(experts, name)[j] = merged.float()
+
+
+def check_logits_follow_the_plan(source, out, plan: Plan):
+    """transformers' logits of the compressed checkpoint at `out` equal the source model with the plan applied by
+    hand (1e-5). Returns the compressed logits on the batch's real tokens and the batch."""
+    reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    _apply_plan(reference, get_arch(source), plan)
+    compressed = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    batch = AutoTokenizer.from_pretrained(source)(TEXTS, return_tensors="pt", padding=True)
+    real = batch.attention_mask.bool()
+    got, expected = _logits(compressed, batch)[real], _logits(reference, batch)[real]
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+    return got, batch
+
+
+def check_hub_layers_map_onto_modules(arch, path, model) -> None:
+    """Every decoder layer's stored tensors, mapped by the adapter (`hub_to_module_state`), are exactly the loaded
+    module's state."""
+    with safe_open(str(path / "model.safetensors"), "pt") as handle:
+        stored = {k: handle.get_tensor(k) for k in handle.keys()}
+    for i, layer in enumerate(arch.decoder_layers(model)):
+        prefix = arch.layer_prefix(i)
+        mapped = arch.hub_to_module_state({k: v for k, v in stored.items() if k.startswith(prefix)}, prefix)
+        expected = layer.state_dict()
+        assert set(mapped) == set(expected), (i, sorted(set(mapped) ^ set(expected))[:4])
+        for key, value in expected.items():
+            assert torch.equal(mapped[key], value), (i, key)
 
 
 @pytest.fixture(scope="module")
@@ -167,13 +201,8 @@ def test_compressed_checkpoint_logits_follow_the_plan(zoo_dir, stats, tmp_path, 
     plan = make_plan(stats, method, 0.5, source)
     out = write_checkpoint(plan, source, tmp_path / method, progress=False).path
     arch = get_arch(source)
-    reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    _apply_plan(reference, arch, plan)
-    compressed = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    batch = AutoTokenizer.from_pretrained(source)(TEXTS, return_tensors="pt", padding=True)
+    got, batch = check_logits_follow_the_plan(source, out, plan)
     real = batch.attention_mask.bool()
-    got, expected = _logits(compressed, batch)[real], _logits(reference, batch)[real]
-    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
     if plan.kind == "merge":  # merging really changed the model
         assert not torch.allclose(got, _logits(AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32),
                                                batch)[real], atol=1e-4)

@@ -10,21 +10,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from harness.archs import get_arch
 from harness.checkpoint import write_checkpoint
 from harness.compress import plan_from_files as make_plan
 from tests.archs.test_qwen3_5_moe import (
-    _apply_plan,
-    _logits,
     check_block_against_raw_weights,
+    check_logits_follow_the_plan,
     check_mtp_module_is_dropped,
 )
 from tests.checkpoint.test_compress_cli import calibrate
-from tests.standins.test_zoo import TEXTS
 
 FAMILY = "qwen3_next"
 
@@ -57,13 +52,7 @@ def test_compressed_checkpoint_logits_follow_the_plan(zoo_dir, stats, tmp_path, 
     source = zoo_dir / FAMILY
     plan = make_plan(stats, method, 0.5, source)
     out = write_checkpoint(plan, source, tmp_path / method, progress=False).path
-    reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    _apply_plan(reference, get_arch(source), plan)
-    compressed = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    batch = AutoTokenizer.from_pretrained(source)(TEXTS, return_tensors="pt", padding=True)
-    real = batch.attention_mask.bool()
-    got, expected = _logits(compressed, batch)[real], _logits(reference, batch)[real]
-    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+    check_logits_follow_the_plan(source, out, plan)
     check_mtp_module_is_dropped(source, out)
 
 
