@@ -10,6 +10,9 @@ used: Linux carries a parent's high-water mark into a child across fork and exec
 that built a large model reports at least the parent's peak.) The runtime's own footprint (interpreter, torch,
 transformers: harness.sweep.costs.HOST_RUNTIME_BYTES) shows in the unscaled zoo model's row.
 tests/sweep/test_costs.py asserts every row within 25 % (`-m slow` for all of them).
+Measure with the machine otherwise quiet: a peak taken while other heavy jobs ran was lower (Llama-4 once
+measured 1092 / 897 MiB, normal / sequential, where it measures 1260 / 1034 MiB alone, reproducibly), most
+likely because the kernel reclaims clean pages of the memory-mapped checkpoint from the process.
 """
 
 from __future__ import annotations

@@ -155,14 +155,9 @@ def _memory_rows(name: str, tmp_path: Path) -> list[dict]:
     return rows([name], tmp_path)
 
 
-# Llama-4 (experts stored fused, used in place from the memory map): the estimate is too high, measured on
-# 2026-12-06 normal 1092 MiB vs 1325 MiB estimated (+21 %), sequential 897 vs 1178 MiB (+31 %); an open gap in
-# the estimate (on the safe side), not yet explained.
-_LLAMA4_OVER = pytest.mark.xfail(reason="the sequential estimate over-predicts Llama-4's peak by about 31 %",
-                                 strict=False)
 MEMORY_MODELS = ["qwen3_moe x large bf16", "mixtral x large bf16", "ernie4_5_moe x large bf16",
                  "glm4_moe x large bf16", "glm4_moe_grouped x large bf16", "deepseek_v3 x large bf16",
-                 pytest.param("llama4_text x large bf16", marks=_LLAMA4_OVER), "qwen3_moe x large fp8",
+                 "llama4_text x large bf16", "qwen3_moe x large fp8",
                  "deepseek_v3 x large w4a16"]
 
 
