@@ -186,7 +186,25 @@ class VLLMServer:
             cmd += ["--max-model-len", str(self.max_model_len)]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
+        if self._needs_reference_mla():
+            cmd += ["--attention-backend", "CPU_MLA"]
         return cmd + self.extra_args
+
+    def _needs_reference_mla(self) -> bool:
+        """Whether to ask vLLM's CPU build for its reference MLA kernel: on a CPU with AMX tiles it picks its AMX
+        kernel for every MLA model (DeepSeek-V3, Kimi-K2, GLM-4.7-Flash), and that kernel refuses float32 weights
+        ("expect weight to be bfloat16, float16, int8, fp8_e4m3 or uint8"), so a float32 MLA model would not load."""
+        if self.on_cuda or any(a.split("=")[0] == "--attention-backend" for a in self.extra_args):
+            return False
+        config = _local_config(self.model)
+        if config is None:
+            return False
+        text = config.get("text_config") or config
+        if not (text.get("kv_lora_rank") or config.get("kv_lora_rank")):
+            return False
+        dtype = self.dtype if self.dtype != "auto" else str(text.get("dtype") or config.get("dtype")
+                                                               or config.get("torch_dtype") or "float32")
+        return dtype in ("float32", "float")
 
     def start(self) -> VLLMServer:
         self._check_model()
@@ -289,6 +307,27 @@ class VLLMServer:
                     self.log_path, tail,
                 )
             time.sleep(0.5)
+
+
+def _local_config(model: str) -> dict[str, Any] | None:
+    """config.json of a local model directory or of a hub id already in the local cache; None where neither."""
+    import json
+
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "config.json")
+        except Exception:  # not a hub id
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _die_with_parent() -> None:

