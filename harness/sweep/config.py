@@ -46,8 +46,8 @@ class ServingOptions(Strict):
     extra_args: list[str] = Field(default_factory=list)  # e.g. ["--enable-expert-parallel"]
     env: dict[str, str] = Field(default_factory=dict)
     startup_timeout_s: float = Field(1800.0, gt=0)
-    # Serve a dequantised copy of a quantised checkpoint, for a vLLM without its kernels (the CPU build
-    # needs AMX for FP8 blocks and int4 MoE); the answers are then the dequantised model's.
+    # Serve a dequantised copy of a quantised checkpoint, for a vLLM without its kernels (the CPU build with the
+    # tiny stand-ins: harness.serving.vllm.serves_quantised_weights); the answers are then the dequantised model's.
     dequantise: bool = False
 
     def output_affecting(self) -> dict[str, Any]:

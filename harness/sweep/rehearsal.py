@@ -355,9 +355,9 @@ def rehearsal_sweep(raw: dict[str, Any], root: Path, *, data_dir: Path | None, s
             report.substitutions.append(f"{entry['name']}: tensor_parallel_size {serving['tensor_parallel_size']} "
                                         "-> 1 (one CPU server)")
             serving["tensor_parallel_size"] = 1
-        if stand_in.quantisation and not serves_quantised_weights():
+        if stand_in.quantisation and not serves_quantised_weights(stand_in.quantisation):
             report.substitutions.append(f"{entry['name']}: served as a dequantised copy (this machine's vLLM has no "
-                                        f"{stand_in.quantisation} kernels: its CPU build needs AMX); calibration and "
+                                        f"{stand_in.quantisation} kernels for the stand-in); calibration and "
                                         "checkpoints stay quantised")
             serving["dequantise"] = True
         new = {**entry, "path": stand_in.hub_id, "experts": stand_in.experts, "serving": serving}
