@@ -202,7 +202,10 @@ class VLLMServer:
     def _needs_reference_mla(self) -> bool:
         """Whether to ask vLLM's CPU build for its reference MLA kernel: on a CPU with AMX tiles it picks its AMX
         kernel for every MLA model (DeepSeek-V3, Kimi-K2, GLM-4.7-Flash), and that kernel refuses float32 weights
-        ("expect weight to be bfloat16, float16, int8, fp8_e4m3 or uint8"), so a float32 MLA model would not load."""
+        ("expect weight to be bfloat16, float16, int8, fp8_e4m3 or uint8"), so a float32 MLA model would not load.
+        With dtype "auto" this goes by the checkpoint's stored dtype, which is cautious: vLLM 0.32 itself downcasts an
+        "auto" float32 model to bfloat16, which the AMX kernel would take, so there the reference kernel is only
+        slower, not needed."""
         if self.on_cuda or any(a.split("=")[0] == "--attention-backend" for a in self.extra_args):
             return False
         config = _local_config(self.model)
